@@ -1,0 +1,59 @@
+"""Schema migrations: numbered SQL files applied once each, then the functions re-created."""
+import psycopg2
+from psycopg2 import errors, sql
+from psycopg2.extensions import parse_dsn
+
+from identity.queries import QUERIES, SQL_DIR
+
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+FUNCTIONS_DIR = SQL_DIR / "functions"
+
+
+def pending(applied):
+    """The migration files not yet applied, in the order their numbers give."""
+    return [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.stem not in applied]
+
+
+def migrate(conn):
+    """Apply pending migrations and re-create the functions, all in one transaction; return names."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES["lock_migrations"])
+        cur.execute(QUERIES["create_migration_table"])
+        cur.execute(QUERIES["applied_migrations"])
+        todo = pending({version for (version,) in cur.fetchall()})
+        for path in todo:
+            cur.execute(path.read_text())
+            cur.execute(QUERIES["record_migration"], {"version": path.stem})
+        for path in sorted(FUNCTIONS_DIR.glob("*.sql")):
+            cur.execute(path.read_text())
+    conn.commit()
+    return [path.stem for path in todo]
+
+
+def create_database(database_url):
+    """Create the database that database_url names unless it exists; True if it was created."""
+    name = parse_dsn(database_url)["dbname"]
+    conn = psycopg2.connect(database_url, dbname="postgres")
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(QUERIES["database_exists"], {"name": name})
+            if cur.fetchone()[0]:
+                return False
+            statement = sql.SQL(QUERIES["create_database"]).format(name=sql.Identifier(name))
+            cur.execute(statement)
+            return True
+    except errors.DuplicateDatabase:
+        return False  # another process created it between our check and our CREATE
+    finally:
+        conn.close()
+
+
+def setup_database(database_url):
+    """Create the database if missing and migrate it; return the migrations applied."""
+    create_database(database_url)
+    conn = psycopg2.connect(database_url)
+    try:
+        return migrate(conn)
+    finally:
+        conn.close()
