@@ -1,0 +1,44 @@
+# Operator and developer commands. Every target works on a fresh machine: it makes the virtual
+# environment and installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+WEB_CONCURRENCY ?= 4
+export PORT WEB_CONCURRENCY
+
+.PHONY: run dev migrate test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The service runs from its checkout, so only the dependencies setup.cfg lists are installed:
+# install_requires, plus the extra named after the stamp (test, dev); "app" means none.
+REQUIREMENTS = $(BIN)/python -c 'import configparser, sys; c = configparser.ConfigParser(); \
+	c.read("setup.cfg"); o = c["options"]; extras = c["options.extras_require"]; \
+	print(o["install_requires"] + extras.get(sys.argv[1], ""))'
+
+$(VENV)/.installed-%: setup.cfg | $(BIN)/python
+	$(REQUIREMENTS) $* | xargs $(BIN)/pip install --quiet
+	touch $@
+
+migrate: $(VENV)/.installed-app  ## create the database if missing, apply migrations
+	$(BIN)/flask --app wsgi migrate
+
+run: migrate  ## serve with gunicorn on 127.0.0.1:$PORT
+	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers $(WEB_CONCURRENCY) wsgi:app
+
+dev: migrate  ## Flask's debug server on 127.0.0.1:$PORT
+	$(BIN)/flask --app wsgi run --debug --port $(PORT)
+
+test: $(VENV)/.installed-test $(VENV)/.installed-app  ## every test, against a real PostgreSQL
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check --line-length 110 --select E,F,W,I,B,UP,SIM identity tests wsgi.py
+	$(BIN)/ruff format --check --line-length 110 identity tests wsgi.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

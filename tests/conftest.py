@@ -1,0 +1,141 @@
+"""Fixtures: a real PostgreSQL server, a migrated template database, and a fresh copy per test.
+
+The server is the first of: TEST_DATABASE_URL; a testcontainers PostgreSQL where a Docker engine
+answers; the local server at LOCAL_SERVER_URL. Each test gets its own database, copied from a
+template that was migrated once, and dropped afterwards.
+"""
+import os
+import uuid
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn
+
+from identity import create_app
+from identity.migrations import migrate
+
+LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+HOW_TO_PROVIDE = (
+    "No PostgreSQL server answers. Set TEST_DATABASE_URL to a server the tests may create databases "
+    "on, start a Docker engine (testcontainers then starts one), or run PostgreSQL on 127.0.0.1:5432."
+)
+
+
+def answers(url):
+    """Whether a PostgreSQL server answers at url."""
+    try:
+        psycopg2.connect(url, connect_timeout=3).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+def docker_postgres():
+    """A started testcontainers PostgreSQL, or None where no Docker engine answers."""
+    try:
+        import docker
+        from testcontainers.community.postgres import PostgresContainer
+
+        docker.from_env(timeout=3).ping()
+    except Exception:  # no client library, no engine, no permission: all mean "not here"
+        return None
+    return PostgresContainer("postgres:15", driver=None).start()
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    """The URL of a PostgreSQL server's maintenance database, chosen as the module says."""
+    container = None if os.environ.get("TEST_DATABASE_URL") else docker_postgres()
+    if container is not None:
+        yield container.get_connection_url()
+        container.stop()
+        return
+    url = os.environ.get("TEST_DATABASE_URL") or LOCAL_SERVER_URL
+    if not answers(url):
+        pytest.exit(HOW_TO_PROVIDE, returncode=3)
+    yield url
+
+
+def run_autocommit(server_url, statement, *names):
+    """Run a CREATE/DROP DATABASE statement whose {} are filled with the quoted names."""
+    conn = psycopg2.connect(server_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(statement).format(*map(sql.Identifier, names)))
+    finally:
+        conn.close()
+
+
+def throwaway_database(server_url, template=None):
+    """Create an empty (or template-copied) database; return its name and URL."""
+    name = f"identity_test_{uuid.uuid4().hex[:12]}"
+    if template:
+        run_autocommit(server_url, "CREATE DATABASE {} TEMPLATE {}", name, template)
+    else:
+        run_autocommit(server_url, "CREATE DATABASE {}", name)
+    return name, make_dsn(server_url, dbname=name)
+
+
+def drop_database(server_url, name):
+    """Drop a throwaway database, ending any connection a test left behind."""
+    run_autocommit(server_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url):
+    """A database migrated once, copied for every test."""
+    name, url = throwaway_database(server_url)
+    conn = psycopg2.connect(url)
+    migrate(conn)
+    conn.close()
+    yield name
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def empty_database_url(server_url):
+    """A new database with nothing in it, not even the schema."""
+    name, url = throwaway_database(server_url)
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def database_url(server_url, template_database):
+    """A migrated database of this test's own."""
+    name, url = throwaway_database(server_url, template_database)
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def conn(database_url):
+    """A connection of the test's own, to look at (or arrange) the table directly."""
+    connection = psycopg2.connect(database_url)
+    connection.autocommit = True
+    yield connection
+    connection.close()
+
+
+def make_app(database_url, **overrides):
+    """The app as production builds it, pointed at database_url."""
+    return create_app({"DATABASE_URL": database_url, "TESTING": True, **overrides})
+
+
+@pytest.fixture
+def app(database_url):
+    app = make_app(database_url)
+    yield app
+    app.extensions["identity_pool"].closeall()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

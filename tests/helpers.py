@@ -1,0 +1,18 @@
+"""Helpers the tests share: reading the contact table and calling the API."""
+
+COLUMNS = "id, email, phone_number, linked_id, link_precedence, created_at, updated_at, deleted_at"
+
+
+def all_contacts(conn):
+    """Every row of the contact table, as dicts, in id order."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM contact ORDER BY id")
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def identify(client, email=None, phone_number=None, **body):
+    """POST /identify with the given values; return (status, json)."""
+    payload = {"email": email, "phoneNumber": phone_number, **body}
+    response = client.post("/identify", json=payload)
+    return response.status_code, response.get_json()
