@@ -1,8 +1,8 @@
 """Database connections: a small pool per worker process, one connection per request on `g`."""
 import psycopg2
-import psycopg2.pool
 from flask import current_app, g
 
+from identity.pool import ConnectionPool
 from identity.retrying import retrying
 
 
@@ -19,8 +19,8 @@ def connect_kwargs(config):
 def init_app(app):
     """Give the app its pool (connections open lazily, so forking workers is safe) and teardown."""
     config = app.config
-    app.extensions["identity_pool"] = psycopg2.pool.ThreadedConnectionPool(
-        0, config["DB_POOL_SIZE"], config["DATABASE_URL"], **connect_kwargs(config)
+    app.extensions["identity_pool"] = ConnectionPool(
+        config["DATABASE_URL"], config["DB_POOL_SIZE"], **connect_kwargs(config)
     )
     app.teardown_appcontext(release_connection)
 

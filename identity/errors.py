@@ -1,11 +1,11 @@
 """One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
 import psycopg2
-import psycopg2.pool
 from flask import Request, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
 from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
+from identity.pool import PoolExhausted
 from identity.retrying import TooMuchContention
 
 RETRY_AFTER_SECONDS = "1"
@@ -23,6 +23,16 @@ class NotJSON(UnsupportedMediaType):
 
 class ApiRequest(Request):
     """A request whose JSON failures raise our own, clearly named errors."""
+
+    def get_data(self, *args, **kwargs):
+        """The body; one streamed without Content-Length that exceeds the limit is refused, not cut."""
+        data = super().get_data(*args, **kwargs)
+        limit = self.max_content_length
+        if self.content_length is None and limit is not None and len(data) >= limit:
+            # Werkzeug stops reading at the limit without complaint; one byte more means too large.
+            if self.environ["wsgi.input"].read(1):
+                raise RequestEntityTooLarge()
+        return data
 
     def on_json_loading_failed(self, e):
         raise NotJSON() if e is None else MalformedJSON()
@@ -90,6 +100,6 @@ def init_app(app):
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(ValidationError, invalid_fields)
-    for unavailable in (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.pool.PoolError, TooMuchContention):
+    for unavailable in (psycopg2.OperationalError, psycopg2.InterfaceError, PoolExhausted, TooMuchContention):
         app.register_error_handler(unavailable, database_unavailable)
     app.register_error_handler(Exception, unexpected)
