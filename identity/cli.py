@@ -1,11 +1,13 @@
 """Operator commands: `flask --app wsgi migrate`."""
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from identity.migrations import setup_database
 
 
 @click.command("migrate")
+@with_appcontext
 def migrate_command():
     """Create the database if it is missing and apply pending migrations."""
     applied = setup_database(current_app.config["DATABASE_URL"])

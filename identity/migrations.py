@@ -43,8 +43,10 @@ def create_database(database_url):
             statement = sql.SQL(QUERIES["create_database"]).format(name=sql.Identifier(name))
             cur.execute(statement)
             return True
-    except errors.DuplicateDatabase:
-        return False  # another process created it between our check and our CREATE
+    except (errors.DuplicateDatabase, errors.UniqueViolation):
+        # Another process created it between our check and our CREATE; racing CREATEs report
+        # the clash on pg_database's unique index rather than as a duplicate database.
+        return False
     finally:
         conn.close()
 

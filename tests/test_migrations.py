@@ -1,0 +1,57 @@
+"""Migrations: applied in order, once each, tracked, and safe when several processes start at once."""
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg2
+from psycopg2.extensions import make_dsn
+
+from conftest import drop_database
+from identity.migrations import MIGRATIONS_DIR, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def applied_versions(url):
+    """The versions schema_migration records, in order."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version FROM schema_migration ORDER BY version")
+            return [version for (version,) in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_migrate_applies_every_file_once_and_then_nothing(empty_database_url):
+    conn = psycopg2.connect(empty_database_url)
+    try:
+        every = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
+        assert migrate(conn) == every
+        assert migrate(conn) == []
+    finally:
+        conn.close()
+    assert applied_versions(empty_database_url) == every
+
+
+def test_the_cli_command_reports_an_up_to_date_database(runner):
+    result = runner.invoke(args=["migrate"])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+
+
+def test_processes_starting_at_once_create_and_migrate_the_database_once(server_url):
+    name = f"identity_test_{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "DATABASE_URL": make_dsn(server_url, dbname=name)}
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "migrate"]
+    try:
+        processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        outputs = [(p.wait(timeout=60), p.stdout.read()) for p in processes]
+        assert [code for code, _ in outputs] == [0] * 4, outputs
+        assert sum("applied: " in output for _, output in outputs) == 1, outputs
+        assert applied_versions(env["DATABASE_URL"]) == sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql"))
+    finally:
+        drop_database(server_url, name)
