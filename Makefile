@@ -36,7 +36,7 @@ test: $(VENV)/.installed-test $(VENV)/.installed-app  ## every test, against a r
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check --line-length 110 --select E,F,W,I,B,UP,SIM identity tests wsgi.py
+	$(BIN)/ruff check --line-length 110 --select E,F,W,B,UP,SIM identity tests wsgi.py
 	$(BIN)/ruff format --check --line-length 110 identity tests wsgi.py
 
 clean:

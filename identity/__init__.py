@@ -1,4 +1,5 @@
 """identity: links a shop's checkout contacts into customers."""
+
 import os
 
 from flask import Flask

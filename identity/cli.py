@@ -1,4 +1,5 @@
 """Operator commands: `flask --app wsgi migrate`."""
+
 import click
 from flask import current_app
 from flask.cli import with_appcontext

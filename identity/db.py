@@ -1,4 +1,7 @@
 """Database connections: a small pool per worker process, one connection per request on `g`."""
+
+import contextlib
+
 import psycopg2
 from flask import current_app, g
 
@@ -42,10 +45,8 @@ def release_connection(_exc=None):
     conn = g.pop("db", None)
     if conn is None:
         return
-    try:
+    with contextlib.suppress(psycopg2.Error):  # a broken connection is closed just below
         conn.rollback()  # no-op unless a transaction was left open
-    except psycopg2.Error:
-        pass
     pool().putconn(conn, close=bool(conn.closed))
 
 

@@ -1,4 +1,5 @@
 """One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
+
 import psycopg2
 from flask import Request, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
@@ -28,10 +29,10 @@ class ApiRequest(Request):
         """The body; one streamed without Content-Length that exceeds the limit is refused, not cut."""
         data = super().get_data(*args, **kwargs)
         limit = self.max_content_length
-        if self.content_length is None and limit is not None and len(data) >= limit:
-            # Werkzeug stops reading at the limit without complaint; one byte more means too large.
-            if self.environ["wsgi.input"].read(1):
-                raise RequestEntityTooLarge()
+        streamed_to_limit = self.content_length is None and limit is not None and len(data) >= limit
+        # Werkzeug stops reading at the limit without complaint; one byte more means too large.
+        if streamed_to_limit and self.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
         return data
 
     def on_json_loading_failed(self, e):

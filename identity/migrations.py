@@ -1,4 +1,5 @@
 """Schema migrations: numbered SQL files applied once each, then the functions re-created."""
+
 import psycopg2
 from psycopg2 import errors, sql
 from psycopg2.extensions import parse_dsn

@@ -4,6 +4,7 @@ psycopg2's own pools either open every connection up front or close each one on 
 neither notices a fork. This one opens on demand, reuses the most recent idle connection, and
 forgets connections inherited from a parent process instead of sharing their sockets.
 """
+
 import os
 import queue
 import threading

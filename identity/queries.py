@@ -1,4 +1,5 @@
 """Named SQL statements, read once from the .sql files at the top of sql/."""
+
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ HEADER = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
 def parse(text):
     """Split a file into {name: statement} at each `-- name --` header line."""
     parts = HEADER.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=False)}
 
 
 def load(directory=SQL_DIR):

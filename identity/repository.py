@@ -19,6 +19,7 @@ request costs one round trip and one short transaction. Its concurrency control:
 * Advisory locks are always taken before row locks, and each kind in a fixed order, so no cycle of
   waits can form; a deadlock the server still reports is retried like a serialization failure.
 """
+
 from dataclasses import dataclass
 
 from identity.queries import QUERIES

@@ -1,4 +1,5 @@
 """Retry a whole transaction when PostgreSQL says a concurrent one got in the way."""
+
 import random
 import time
 

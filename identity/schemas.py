@@ -1,4 +1,5 @@
 """Request validation: normalise the contact details and refuse what cannot be one."""
+
 import re
 import unicodedata
 

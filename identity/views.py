@@ -1,4 +1,5 @@
 """The HTTP API: validate, call the repository, answer."""
+
 from flask import Blueprint, request
 
 from identity import db, repository

@@ -4,6 +4,7 @@ The server is the first of: TEST_DATABASE_URL; a testcontainers PostgreSQL where
 answers; the local server at LOCAL_SERVER_URL. Each test gets its own database, copied from a
 template that was migrated once, and dropped afterwards.
 """
+
 import os
 import uuid
 

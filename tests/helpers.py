@@ -8,7 +8,7 @@ def all_contacts(conn):
     with conn.cursor() as cur:
         cur.execute(f"SELECT {COLUMNS} FROM contact ORDER BY id")
         names = [d.name for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
 
 def identify(client, email=None, phone_number=None, **body):

@@ -1,6 +1,8 @@
 """A TCP forwarder in front of the real PostgreSQL, so a test can cut the database off and back."""
+
 import socket
 import threading
+import contextlib
 
 
 class TcpProxy:
@@ -45,10 +47,8 @@ def pipe(source, sink):
 
 
 def close_quietly(sock):
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 

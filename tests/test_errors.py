@@ -1,4 +1,5 @@
 """One JSON error shape for everything that goes wrong, and recovery from a database outage."""
+
 import logging
 import threading
 
@@ -37,7 +38,8 @@ def test_an_unexpected_error_is_a_json_500_logged_with_its_trace(database_url, c
         response = app.test_client().get("/explode")
     assert response.status_code == 500
     assert response.get_json() == {
-        "error": {"code": "internal_error", "message": "Something went wrong on our side."}}
+        "error": {"code": "internal_error", "message": "Something went wrong on our side."}
+    }
     assert "secret internals" not in response.get_data(as_text=True)
     assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in caplog.records)
 
@@ -89,8 +91,10 @@ def test_service_recovers_by_itself_after_an_outage(database_url, proxy, conn):
 def test_a_connection_the_server_dropped_is_replaced_without_an_error(app, client, conn):
     assert identify(client, "a@x.io", "1")[0] == 200
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'identity' AND datname = current_database()")
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'identity' AND datname = current_database()"
+        )
         assert cur.rowcount >= 1
     assert identify(client, "a@x.io", "2")[0] == 200
     assert len(all_contacts(conn)) == 2
@@ -116,7 +120,9 @@ def fail_with_serialization_failure(conn, failures, calls):
     calls.append(threading.get_ident())
     with conn.cursor() as cur:
         if len(calls) <= failures:
-            cur.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$")
+            cur.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$"
+            )
         cur.execute("SELECT 42")
         return cur.fetchone()[0]
 

@@ -1,4 +1,5 @@
 """The task's own examples, exactly."""
+
 from helpers import all_contacts, identify
 
 LORRAINE = {
@@ -12,8 +13,14 @@ LORRAINE = {
 def test_second_email_with_known_phone_number_becomes_a_secondary(client, conn):
     assert identify(client, "lorraine@hillvalley.edu", "123456") == (
         200,
-        {"contact": {"primaryContatctId": 1, "emails": ["lorraine@hillvalley.edu"],
-                     "phoneNumbers": ["123456"], "secondaryContactIds": []}},
+        {
+            "contact": {
+                "primaryContatctId": 1,
+                "emails": ["lorraine@hillvalley.edu"],
+                "phoneNumbers": ["123456"],
+                "secondaryContactIds": [],
+            }
+        },
     )
     assert identify(client, "mcfly@hillvalley.edu", "123456") == (200, {"contact": LORRAINE})
     rows = all_contacts(conn)
@@ -42,10 +49,14 @@ def test_request_joining_two_primaries_demotes_the_newer_and_creates_nothing(cli
     identify(client, "biffsucks@hillvalley.edu", "717171")
     assert identify(client, "george@hillvalley.edu", "717171") == (
         200,
-        {"contact": {"primaryContatctId": 1,
-                     "emails": ["george@hillvalley.edu", "biffsucks@hillvalley.edu"],
-                     "phoneNumbers": ["919191", "717171"],
-                     "secondaryContactIds": [2]}},
+        {
+            "contact": {
+                "primaryContatctId": 1,
+                "emails": ["george@hillvalley.edu", "biffsucks@hillvalley.edu"],
+                "phoneNumbers": ["919191", "717171"],
+                "secondaryContactIds": [2],
+            }
+        },
     )
     rows = all_contacts(conn)
     assert len(rows) == 2

@@ -1,4 +1,5 @@
 """Migrations: applied in order, once each, tracked, and safe when several processes start at once."""
+
 import os
 import subprocess
 import sys
@@ -47,8 +48,12 @@ def test_processes_starting_at_once_create_and_migrate_the_database_once(server_
     env = {**os.environ, "DATABASE_URL": make_dsn(server_url, dbname=name)}
     command = [sys.executable, "-m", "flask", "--app", "wsgi", "migrate"]
     try:
-        processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        processes = [
+            subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            for _ in range(4)
+        ]
         outputs = [(p.wait(timeout=60), p.stdout.read()) for p in processes]
         assert [code for code, _ in outputs] == [0] * 4, outputs
         assert sum("applied: " in output for _, output in outputs) == 1, outputs

@@ -1,4 +1,5 @@
 """Every reconciliation rule, one test each, through the HTTP API and the table."""
+
 import time
 
 import psycopg2
@@ -9,8 +10,14 @@ from identity import repository
 
 def customer(primary, emails, phones, secondaries):
     """The answer body for a customer."""
-    return {"contact": {"primaryContatctId": primary, "emails": emails, "phoneNumbers": phones,
-                        "secondaryContactIds": secondaries}}
+    return {
+        "contact": {
+            "primaryContatctId": primary,
+            "emails": emails,
+            "phoneNumbers": phones,
+            "secondaryContactIds": secondaries,
+        }
+    }
 
 
 def insert_contact(conn, email, phone, linked_id=None, created_at="now()", deleted_at=None):
@@ -69,7 +76,9 @@ def test_merge_relinks_the_demoted_primarys_secondaries_to_the_survivor(client, 
     identify(client, "b@x.io", "2")
     identify(client, "c@x.io", "2")
     assert identify(client, "a@x.io", "2") == (
-        200, customer(1, ["a@x.io", "b@x.io", "c@x.io"], ["1", "2"], [2, 3]))
+        200,
+        customer(1, ["a@x.io", "b@x.io", "c@x.io"], ["1", "2"], [2, 3]),
+    )
     links = {row["id"]: (row["link_precedence"], row["linked_id"]) for row in all_contacts(conn)}
     assert links == {1: ("primary", None), 2: ("secondary", 1), 3: ("secondary", 1)}
 
@@ -88,7 +97,9 @@ def test_survivor_is_the_earliest_created_even_with_a_larger_id(client, conn):
     newer = insert_contact(conn, "new@x.io", "1")
     older = insert_contact(conn, "old@x.io", "2", created_at="now() - interval '1 day'")
     assert identify(client, "new@x.io", "2") == (
-        200, customer(older, ["old@x.io", "new@x.io"], ["2", "1"], [newer]))
+        200,
+        customer(older, ["old@x.io", "new@x.io"], ["2", "1"], [newer]),
+    )
 
 
 def test_primary_values_come_first_then_creation_order(client, conn):
@@ -96,7 +107,9 @@ def test_primary_values_come_first_then_creation_order(client, conn):
     early = insert_contact(conn, "s@x.io", "8", primary, created_at="now() - interval '1 hour'")
     late = insert_contact(conn, "t@x.io", "9", primary, created_at="now() + interval '1 hour'")
     assert identify(client, "t@x.io") == (
-        200, customer(primary, ["p@x.io", "s@x.io", "t@x.io"], ["9", "8"], [early, late]))
+        200,
+        customer(primary, ["p@x.io", "s@x.io", "t@x.io"], ["9", "8"], [early, late]),
+    )
 
 
 def test_deleted_rows_never_match_and_never_show(client, conn):
@@ -111,7 +124,8 @@ def test_deleted_rows_never_match_and_never_show(client, conn):
 def test_normalised_values_are_stored_and_match(client, conn):
     identify(client, "  Lorraine@HillValley.EDU ", "+1 (555) 010-9999")
     assert identify(client, "lorraine@hillvalley.edu", "+1-555-010-9999")[1] == customer(
-        1, ["lorraine@hillvalley.edu"], ["+15550109999"], [])
+        1, ["lorraine@hillvalley.edu"], ["+15550109999"], []
+    )
     identify(client, None, 123456)
     assert identify(client, None, "123 456") == (200, customer(2, [], ["123456"], []))
     assert [row["phone_number"] for row in all_contacts(conn)] == ["+15550109999", "123456"]
@@ -144,4 +158,9 @@ def test_repository_reports_what_it_created_and_merged(database_url):
     finally:
         conn.close()
     assert [(o.created, o.merged) for o in outcomes] == [
-        ("primary", []), ("primary", []), ("secondary", []), (None, [2]), (None, [])]
+        ("primary", []),
+        ("primary", []),
+        ("secondary", []),
+        (None, [2]),
+        (None, []),
+    ]

@@ -1,4 +1,5 @@
 """Input: what is normalised, what is refused, and that a refused request writes nothing."""
+
 import io
 import json
 
@@ -92,7 +93,9 @@ def test_a_body_that_is_not_an_object_is_refused(client, conn, body):
 def test_malformed_json_is_refused(client, conn, body):
     response = client.post("/identify", data=body, content_type="application/json")
     assert response.status_code == 400
-    assert response.get_json() == {"error": {"code": "malformed_json", "message": "The body is not valid JSON."}}
+    assert response.get_json() == {
+        "error": {"code": "malformed_json", "message": "The body is not valid JSON."}
+    }
     assert all_contacts(conn) == []
 
 
@@ -117,8 +120,11 @@ def body_of_size(size):
 def post_chunked(client, body):
     """POST a body as gunicorn hands over a chunked one: no Content-Length, stream terminated."""
     return client.post(
-        "/identify", input_stream=io.BytesIO(body.encode()), content_type="application/json",
-        headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True},
+        "/identify",
+        input_stream=io.BytesIO(body.encode()),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
     )
 
 
