@@ -7,7 +7,7 @@ PORT ?= 8000
 WEB_CONCURRENCY ?= 4
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate test lint clean
+.PHONY: run dev migrate test lint clean bench bench-soak bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,23 @@ migrate: $(VENV)/.installed-app  ## create the database if missing, apply migrat
 	$(BIN)/flask --app wsgi migrate
 
 run: migrate  ## serve with gunicorn on 127.0.0.1:$PORT
-	$(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers $(WEB_CONCURRENCY) wsgi:app
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 dev: migrate  ## Flask's debug server on 127.0.0.1:$PORT
 	$(BIN)/flask --app wsgi run --debug --port $(PORT)
 
 test: $(VENV)/.installed-test $(VENV)/.installed-app  ## every test, against a real PostgreSQL
 	$(BIN)/pytest
+
+bench-tools:  ## wrk and pgbench from Debian, when missing
+	@command -v wrk >/dev/null && command -v pgbench >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib)
+
+bench: bench-tools $(VENV)/.installed-app  ## benchmark table (BENCH_ARGS="--repeat 1" for a quick one)
+	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
+
+bench-soak: bench-tools $(VENV)/.installed-app  ## 5 minutes of checkout, worker memory every 30 s
+	$(BIN)/python tests/bench/run.py --soak 300 $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --line-length 110 --select E,F,W,B,UP,SIM identity tests wsgi.py

@@ -1,0 +1,228 @@
+"""`make bench`: drive the real service with wrk and print one table.
+
+For each size K it makes a throwaway database, preloads K customers, starts gunicorn exactly as
+`make run` does, runs the three workloads (a warm-up, then the measured run), checks the table's
+invariants, and measures the pgbench floor on the same table; then the ceiling of the web stack,
+a JSON echo under the same gunicorn settings. `--soak SECONDS` instead runs the checkout mix that
+long and samples each worker's resident memory.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from identity.migrations import migrate  # noqa: E402
+from identity.queries import SQL_DIR, load  # noqa: E402
+
+BENCH_SQL = load(SQL_DIR / "bench")
+HERE = Path(__file__).resolve().parent
+SERVER_URL = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PORT = int(os.environ.get("BENCH_PORT", "8099"))
+WORKLOADS = ("checkout", "new", "merge")
+CHECKS = ("broken_links", "split_values", "lost_customers", "duplicate_contacts")
+
+
+def execute(url, name, params=None, autocommit=False):
+    """Run one named bench statement on url; return the first column of its first row."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = autocommit
+    try:
+        with conn.cursor() as cur:
+            cur.execute(BENCH_SQL[name], params)
+            row = cur.fetchone() if cur.description else None
+        conn.commit()
+        return row and row[0]
+    finally:
+        conn.close()
+
+
+def admin(statement, name):
+    """CREATE or DROP a database on the bench server."""
+    conn = psycopg2.connect(SERVER_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(statement).format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def bench_database(customers):
+    """A migrated throwaway database holding `customers` one-contact customers."""
+    name = f"identity_bench_{uuid.uuid4().hex[:8]}"
+    admin("CREATE DATABASE {}", name)
+    url = make_dsn(SERVER_URL, dbname=name)
+    try:
+        conn = psycopg2.connect(url)
+        migrate(conn)
+        conn.close()
+        execute(url, "preload", {"customers": customers})
+        execute(url, "move_id_sequence", {"customers": customers})
+        execute(url, "vacuum", autocommit=True)
+        yield url
+    finally:
+        admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+@contextlib.contextmanager
+def service(app, database_url=None):
+    """gunicorn with the production settings (gunicorn.conf.py) serving app on PORT."""
+    env = {**os.environ, "PORT": str(PORT)}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    command = [str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+               "--pythonpath", str(HERE), app]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_serving()
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_until_serving(seconds=30):
+    """Block until the service answers on PORT."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=1).read()
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the service did not start")
+
+
+def wrk(workload, customers, seconds, connections=32):
+    """One wrk run (2 threads); return the figures its Lua done() printed."""
+    env = {**os.environ, "WORKLOAD": workload, "CUSTOMERS": str(customers), "RUN": str(time.time_ns() % 10**6)}
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+               "-s", str(HERE / "workloads.lua"), f"http://127.0.0.1:{PORT}/identify"]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    figures = json.loads(output.split("BENCH ", 1)[1])
+    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    return figures
+
+
+def worker_rss_mib(master):
+    """Resident memory of each of the gunicorn master's worker processes, in MiB."""
+    sizes = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            if int(fields["PPid"]) == master.pid:
+                sizes.append(int(fields["VmRSS"].split()[0]) / 1024)
+    return sorted(sizes)
+
+
+def pgbench(url, customers, seconds):
+    """The floor: transactions/s of the least database work the checkout mix needs."""
+    command = ["pgbench", "-n", "-c", "32", "-j", "2", "-T", str(seconds), "-D", f"customers={customers}",
+               "-f", str(SQL_DIR / "bench" / "floor.pgbench"), url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("tps"))
+    return float(line.split("=")[1].split()[0])
+
+
+def violations(url, customers):
+    """Sum of every invariant check; 0 when the table is sound."""
+    return {name: execute(url, name, {"customers": customers}) for name in CHECKS}
+
+
+def measure(workload, customers, args, master):
+    """Warm up, then the median of args.repeat measured runs, errors summed, and worker memory."""
+    wrk(workload, customers, args.warmup)
+    runs = [wrk(workload, customers, args.duration) for _ in range(args.repeat)]
+    figures = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_us", "p99_us")}
+    for key in ("socket_errors", "non_2xx"):
+        figures[key] = sum(run[key] for run in runs)
+    figures["rss_mib"] = worker_rss_mib(master)
+    return figures
+
+
+def bench_size(customers, args):
+    """Every workload and the pgbench floor at one table size."""
+    rows = []
+    with bench_database(customers) as url:
+        with service("wsgi:app", url) as master:
+            for workload in WORKLOADS:
+                figures = measure(workload, customers, args, master)
+                figures["violations"] = violations(url, customers)
+                rows.append((f"{workload} @ {customers:,}", figures))
+                print(f"{rows[-1][0]}: {figures}", file=sys.stderr, flush=True)
+        floor = statistics.median(pgbench(url, customers, args.duration) for _ in range(args.repeat))
+    rows.append((f"pgbench floor @ {customers:,}", {"rps": floor}))
+    return rows
+
+
+def ceiling(args):
+    """The web stack alone: a JSON echo under the same gunicorn settings."""
+    with service("echo:app") as master:
+        return [("echo ceiling", measure("echo", 1000, args, master))]
+
+
+def print_table(rows):
+    """One table: throughput, latency, errors, invariants, memory."""
+    print(f"{'run':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
+          f"{'broken':>8}  worker RSS MiB")
+    for name, f in rows:
+        broken = sum(f["violations"].values()) if "violations" in f else ""
+        latency = (f"{f['p50_us'] / 1000:>9.2f}{f['p99_us'] / 1000:>9.2f}{f['socket_errors']:>8}{f['non_2xx']:>9}"
+                   if "p50_us" in f else f"{'':>35}")
+        rss = ", ".join(f"{m:.0f}" for m in f.get("rss_mib", []))
+        print(f"{name:<28}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
+
+
+def share_of_floor(rows):
+    """Checkout throughput as a share of the pgbench floor at each size."""
+    figures = dict(rows)
+    for name, f in rows:
+        if name.startswith("checkout @"):
+            size = name.split("@")[1]
+            floor = figures[f"pgbench floor @{size}"]["rps"]
+            print(f"checkout @{size}: {100 * f['rps'] / floor:.0f}% of the pgbench floor")
+
+
+def soak(args):
+    """Checkout for args.soak seconds at the largest size, sampling worker memory every 30 s."""
+    customers = args.customers[-1]
+    with bench_database(customers) as url, service("wsgi:app", url) as master:
+        slices = max(1, args.soak // 30)
+        for done in range(1, slices + 1):
+            figures = wrk("checkout", customers, args.soak // slices)
+            rss = ", ".join(f"{m:.1f}" for m in worker_rss_mib(master))
+            print(f"{done * args.soak // slices:>5} s {figures['rps']:>7.0f} req/s  worker RSS MiB {rss}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, nargs="+", default=[20_000, 1_000_000])
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="measured runs per figure; the median is shown")
+    parser.add_argument("--soak", type=int, default=0, help="seconds of checkout while sampling memory")
+    args = parser.parse_args()
+    if args.soak:
+        return soak(args)
+    rows = [row for customers in args.customers for row in bench_size(customers, args)] + ceiling(args)
+    print_table(rows)
+    share_of_floor(rows)
+    print(f"each figure: median of {args.repeat} runs of {args.duration} s after {args.warmup} s of warm-up")
+
+
+if __name__ == "__main__":
+    main()
