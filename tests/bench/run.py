@@ -85,8 +85,14 @@ def service(app, database_url=None):
     env = {**os.environ, "PORT": str(PORT)}
     if database_url:
         env["DATABASE_URL"] = database_url
-    command = [str(ROOT / ".venv/bin/gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-               "--pythonpath", str(HERE), app]
+    command = [
+        str(ROOT / ".venv/bin/gunicorn"),
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "--pythonpath",
+        str(HERE),
+        app,
+    ]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving()
@@ -109,9 +115,23 @@ def wait_until_serving(seconds=30):
 
 def wrk(workload, customers, seconds, connections=32):
     """One wrk run (2 threads); return the figures its Lua done() printed."""
-    env = {**os.environ, "WORKLOAD": workload, "CUSTOMERS": str(customers), "RUN": str(time.time_ns() % 10**6)}
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-               "-s", str(HERE / "workloads.lua"), f"http://127.0.0.1:{PORT}/identify"]
+    env = {
+        **os.environ,
+        "WORKLOAD": workload,
+        "CUSTOMERS": str(customers),
+        "RUN": str(time.time_ns() % 10**6),
+    }
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(HERE / "workloads.lua"),
+        f"http://127.0.0.1:{PORT}/identify",
+    ]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     figures = json.loads(output.split("BENCH ", 1)[1])
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
@@ -131,8 +151,21 @@ def worker_rss_mib(master):
 
 def pgbench(url, customers, seconds):
     """The floor: transactions/s of the least database work the checkout mix needs."""
-    command = ["pgbench", "-n", "-c", "32", "-j", "2", "-T", str(seconds), "-D", f"customers={customers}",
-               "-f", str(SQL_DIR / "bench" / "floor.pgbench"), url]
+    command = [
+        "pgbench",
+        "-n",
+        "-c",
+        "32",
+        "-j",
+        "2",
+        "-T",
+        str(seconds),
+        "-D",
+        f"customers={customers}",
+        "-f",
+        str(SQL_DIR / "bench" / "floor.pgbench"),
+        url,
+    ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("tps"))
     return float(line.split("=")[1].split()[0])
@@ -177,12 +210,17 @@ def ceiling(args):
 
 def print_table(rows):
     """One table: throughput, latency, errors, invariants, memory."""
-    print(f"{'run':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
-          f"{'broken':>8}  worker RSS MiB")
+    print(
+        f"{'run':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
+        f"{'broken':>8}  worker RSS MiB"
+    )
     for name, f in rows:
         broken = sum(f["violations"].values()) if "violations" in f else ""
-        latency = (f"{f['p50_us'] / 1000:>9.2f}{f['p99_us'] / 1000:>9.2f}{f['socket_errors']:>8}{f['non_2xx']:>9}"
-                   if "p50_us" in f else f"{'':>35}")
+        latency = (
+            f"{f['p50_us'] / 1000:>9.2f}{f['p99_us'] / 1000:>9.2f}{f['socket_errors']:>8}{f['non_2xx']:>9}"
+            if "p50_us" in f
+            else f"{'':>35}"
+        )
         rss = ", ".join(f"{m:.0f}" for m in f.get("rss_mib", []))
         print(f"{name:<28}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
 
@@ -205,7 +243,10 @@ def soak(args):
         for done in range(1, slices + 1):
             figures = wrk("checkout", customers, args.soak // slices)
             rss = ", ".join(f"{m:.1f}" for m in worker_rss_mib(master))
-            print(f"{done * args.soak // slices:>5} s {figures['rps']:>7.0f} req/s  worker RSS MiB {rss}", flush=True)
+            print(
+                f"{done * args.soak // slices:>5} s {figures['rps']:>7.0f} req/s  worker RSS MiB {rss}",
+                flush=True,
+            )
 
 
 def main():
