@@ -10,6 +10,15 @@ DEFAULTS = {
     "DB_CONNECT_TIMEOUT": 3,
     "DB_STATEMENT_TIMEOUT_MS": 5000,
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Comma-separated bearer keys; empty means no key is needed.
+    "IDENTITY_API_KEYS": "",
+    # Flask-Limiter limit string per API key (or per client address without one).
+    "RATE_LIMIT": "5000 per second",
+    # redis://host:port/db to share counts across workers and machines; memory:// keeps them per worker.
+    "RATELIMIT_STORAGE_URL": "memory://",
+    # How many proxies in front of us may set X-Forwarded-For (nginx in deploy/: 1); 0 trusts none.
+    "TRUSTED_PROXY_HOPS": 0,
+    "LOG_LEVEL": "INFO",
 }
 
 
