@@ -20,9 +20,14 @@ request costs one round trip and one short transaction. Its concurrency control:
   waits can form; a deadlock the server still reports is retried like a serialization failure.
 """
 
+import weakref
 from dataclasses import dataclass
 
 from identity.queries import QUERIES
+
+
+# Connections on which the hot statement is prepared; a closed connection drops out by itself.
+PREPARED = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,17 @@ class Outcome:
     merged: list
 
 
+def prepare(conn, cur):
+    """Prepare the hot statement on this connection, once (PREPARE survives rollbacks)."""
+    if conn not in PREPARED:
+        cur.execute(QUERIES["prepare_identify"])
+        PREPARED.add(conn)
+
+
 def identify(conn, email, phone_number):
     """Link the contact details into one customer and return the consolidated customer."""
     with conn.cursor() as cur:
+        prepare(conn, cur)
         cur.execute(QUERIES["identify"], {"email": email, "phone_number": phone_number})
         contact, created, merged = cur.fetchone()
     return Outcome(contact, created, merged)
