@@ -7,7 +7,7 @@ PORT ?= 8000
 WEB_CONCURRENCY ?= 4
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate test lint clean bench bench-soak bench-tools
+.PHONY: run dev migrate test test-tools lint clean bench bench-soak bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ run: migrate  ## serve with gunicorn on 127.0.0.1:$PORT
 dev: migrate  ## Flask's debug server on 127.0.0.1:$PORT
 	$(BIN)/flask --app wsgi run --debug --port $(PORT)
 
-test: $(VENV)/.installed-test $(VENV)/.installed-app  ## every test, against a real PostgreSQL
+test: test-tools $(VENV)/.installed-test $(VENV)/.installed-app  ## every test, against a real PostgreSQL
 	$(BIN)/pytest
+
+# The end-to-end tests start an nginx and a Redis of their own (tests/servers.py).
+test-tools:  ## nginx and redis-server from Debian, when missing
+	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nginx redis-server)
 
 bench-tools:  ## wrk and pgbench from Debian, when missing
 	@command -v wrk >/dev/null && command -v pgbench >/dev/null || \

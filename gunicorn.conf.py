@@ -1,6 +1,8 @@
 """gunicorn's production settings; `make run` and `make bench` both start gunicorn with them."""
 
 import os
+import shutil
+import tempfile
 
 bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 
@@ -16,3 +18,53 @@ worker_class = "sync"
 # gunicorn 27's control socket sits at one path per user, so a second server (tests, the bench)
 # would take it over; nothing here uses it.
 control_socket_disable = True
+
+# In production nginx stands in front (deploy/nginx.conf) and these fit its settings.
+# The app bounds a request itself (3 s to connect to PostgreSQL, 5 s per statement); nginx gives up
+# after 20 s with a 504. A worker silent for 30 s is stuck beyond all of those: it is killed.
+timeout = 30
+# SIGTERM: the workers stop accepting, finish the request each is serving, and exit; one still busy
+# after 20 s is killed. 20 s is nginx's proxy_read_timeout, so no request nginx still waits for is
+# cut off, and it stays under the 30 s a supervisor commonly waits before it kills (Kubernetes).
+graceful_timeout = 20
+# No keepalive: the sync worker ignores it and closes each connection after its answer; clients keep
+# theirs open to nginx. No max_requests: worker memory stayed at 36 MiB through the three workloads
+# of `make bench` on one server (over 100,000 requests per worker; `make bench-soak` checks longer),
+# and each restart would drop a worker's database connections and prepared statements.
+# nginx refuses request lines and header lines over 4 KiB with a JSON error. These line limits are
+# looser, so gunicorn never refuses a line nginx passed on with its own plain-text 400. The number
+# of header fields nginx does not bound: past 100, gunicorn answers with that plain-text 400.
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 100
+# gunicorn trusts X-Forwarded-Proto (for wsgi.url_scheme) only from nginx on this machine. The
+# client's address comes from X-Forwarded-For through werkzeug's ProxyFix in the app
+# (TRUSTED_PROXY_HOPS), which gunicorn leaves alone.
+forwarded_allow_ips = "127.0.0.1,::1"
+# gunicorn's own lines (start, stop, worker deaths) on stderr, for the supervisor to collect.
+errorlog = "-"
+loglevel = "info"
+
+# The app writes one JSON access line per request (identity/observability.py); gunicorn's would repeat it.
+accesslog = None
+
+# Metrics: each worker's prometheus_client keeps its values in files in PROMETHEUS_MULTIPROC_DIR and
+# /metrics sums them. prometheus_client reads the variable when first imported, which may come before
+# any hook (preload_app), so the directory is made as this file is read: a fresh one per server, unless
+# the operator names one, which must then start empty.
+METRICS_DIR_MADE_HERE = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if METRICS_DIR_MADE_HERE:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="identity-metrics-")
+
+
+def child_exit(server, worker):
+    """Let prometheus_client drop what only a live worker reports; its counts stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory made above."""
+    if METRICS_DIR_MADE_HERE:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -12,10 +12,12 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Comma-separated bearer keys; empty means no key is needed.
     "IDENTITY_API_KEYS": "",
-    # Flask-Limiter limit string per API key (or per client address without one).
+    # Flask-Limiter's limit per API key (or per client address without one), across all routes.
     "RATE_LIMIT": "5000 per second",
     # redis://host:port/db to share counts across workers and machines; memory:// keeps them per worker.
     "RATELIMIT_STORAGE_URL": "memory://",
+    # Names this service's counts in a store that other services (or test runs) share.
+    "RATELIMIT_KEY_PREFIX": "identity",
     # How many proxies in front of us may set X-Forwarded-For (nginx in deploy/: 1); 0 trusts none.
     "TRUSTED_PROXY_HOPS": 0,
     "LOG_LEVEL": "INFO",
@@ -33,13 +35,16 @@ def settings_from_environment():
 
 def create_app(overrides=None):
     """Build the app from the environment, then from overrides (tests pass those)."""
-    from identity import cli, db, errors, views
+    from identity import cli, db, errors, observability, openapi, security, views
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no /static route: nothing is served from there
     app.config.update(settings_from_environment())
     app.config.update(overrides or {})
+    observability.init_app(app)
+    security.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     cli.init_app(app)
     app.register_blueprint(views.bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -1,11 +1,13 @@
 """One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
 
 import psycopg2
-from flask import Request, current_app, jsonify
+from flask import Request, current_app, g, jsonify
+from flask_limiter import RateLimitExceeded
 from flask.json.provider import DefaultJSONProvider
 from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
+from identity import metrics
 from identity.pool import PoolExhausted
 from identity.retrying import TooMuchContention
 
@@ -75,6 +77,12 @@ def http_error(error):
     return error_response(error.code, code, error.description, headers=headers)
 
 
+def rate_limited(error):
+    """Flask-Limiter's 429, in our shape, with the seconds until the caller's window ends."""
+    message = f"Too many requests: the limit is {error.description}."
+    return error_response(429, "rate_limited", message, headers={"Retry-After": str(g.get("retry_after", 1))})
+
+
 def invalid_fields(error):
     """marshmallow's field messages, keyed by the names the client sent."""
     messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
@@ -84,6 +92,7 @@ def invalid_fields(error):
 def database_unavailable(error):
     """The database cannot be reached or is too busy: tell the client when to try again."""
     current_app.logger.warning("database unavailable: %s", str(error).strip())
+    metrics.DATABASE_ERRORS.labels(type(error).__name__).inc()
     message = "The database is unavailable; try again shortly."
     return error_response(503, "database_unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
@@ -100,6 +109,7 @@ def init_app(app):
     app.json = JSONProvider(app)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RequestEntityTooLarge, too_large)
+    app.register_error_handler(RateLimitExceeded, rate_limited)
     app.register_error_handler(ValidationError, invalid_fields)
     for unavailable in (psycopg2.OperationalError, psycopg2.InterfaceError, PoolExhausted, TooMuchContention):
         app.register_error_handler(unavailable, database_unavailable)

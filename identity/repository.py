@@ -60,3 +60,21 @@ def ping(conn):
     with conn.cursor() as cur:
         cur.execute(QUERIES["ping"])
         cur.fetchone()
+
+
+def customer_of_contact(conn, contact_id):
+    """The customer a live contact belongs to, as identify answers it; None if there is none."""
+    return first_value(conn, "customer_of_contact", {"contact_id": contact_id})
+
+
+def customer_with_identifier(conn, email, phone_number):
+    """The customer holding the email or the phone number (give one); None if none does."""
+    return first_value(conn, "customer_with_identifier", {"email": email, "phone_number": phone_number})
+
+
+def first_value(conn, name, params):
+    """The first column of the first row the named statement returns, or None without a row."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES[name], params)
+        row = cur.fetchone()
+    return None if row is None else row[0]

@@ -5,6 +5,8 @@ import time
 
 from psycopg2 import errors
 
+from identity.metrics import TRANSACTION_RETRIES
+
 RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
 MAX_ATTEMPTS = 8
 BASE_DELAY = 0.002
@@ -23,6 +25,9 @@ def retrying(conn, work, *args):
             return result
         except RETRYABLE:
             conn.rollback()
+            if attempt == MAX_ATTEMPTS:
+                break
+            TRANSACTION_RETRIES.inc()
             # Random and growing, so the transactions that collided do not collide again.
             time.sleep(random.uniform(0, BASE_DELAY * 2**attempt))
     raise TooMuchContention(f"gave up after {MAX_ATTEMPTS} conflicting attempts")

@@ -11,8 +11,8 @@ PHONE_NUMBER = re.compile(r"\+?[0-9]{1,20}")
 
 
 def is_forbidden_in_email(char):
-    """White space and control characters never belong in an address."""
-    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+    """White space, control characters and lone surrogates (no UTF-8 can carry one) never belong."""
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")
 
 
 class Email(fields.Field):
@@ -64,3 +64,19 @@ class IdentifyRequest(Schema):
         """Refuse a request that carries neither value once normalised."""
         if data.get("email") is None and data.get("phone_number") is None:
             raise ValidationError("Give an email, a phoneNumber or both.")
+
+
+class CustomerQuery(Schema):
+    """The query string of GET /contacts: an email or a phoneNumber; other keys are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    email = Email()
+    phone_number = PhoneNumber(data_key="phoneNumber")
+
+    @validates_schema
+    def needs_exactly_one_identifier(self, data, **kwargs):
+        """Refuse a lookup by both values, or by neither once normalised."""
+        if (data.get("email") is None) == (data.get("phone_number") is None):
+            raise ValidationError("Give exactly one of email and phoneNumber.")

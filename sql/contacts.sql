@@ -11,3 +11,20 @@ EXECUTE identify_contact (%(email)s, %(phone_number)s);
 -- ping --
 -- The cheapest statement that proves the database answers.
 SELECT 1;
+
+-- customer_of_contact --
+-- The customer a live contact belongs to, whether it is the primary or a secondary; no row when
+-- the contact or its primary is deleted. Both rows are found by the primary key.
+SELECT customer_json(p.id)
+FROM contact c
+JOIN contact p ON p.id = coalesce(c.linked_id, c.id)
+WHERE c.id = %(contact_id)s
+  AND c.deleted_at IS NULL
+  AND p.deleted_at IS NULL
+  AND p.linked_id IS NULL;
+
+-- customer_with_identifier --
+-- The customer holding the email or the phone number (the other one is NULL), found through the
+-- partial indexes; no row when none does. identify never lets two customers share a value.
+SELECT customer_json(m.primary_id)
+FROM matching_customers(%(email)s, %(phone_number)s) m;

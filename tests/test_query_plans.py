@@ -265,3 +265,35 @@ def test_the_check_sees_sequential_scans_in_nested_statements(big_database_url):
     offenders = [plan for plan in plans if unindexed_scans(plan)]
     assert {"fast path", "customer json"} <= statements(offenders), describe(plans)
     assert {node["Node Type"] for plan in offenders for node in unindexed_scans(plan)} == {"Seq Scan"}
+
+
+# The lookups of GET /contacts: (the repository function, its arguments for a fresh customer number,
+# the indexes it must use); a secondary of customer n has the id PRIMARIES + 2n.
+LOOKUPS = {
+    "primary id": (repository.customer_of_contact, lambda n: (n,), {"contact_pkey"}),
+    "secondary id": (repository.customer_of_contact, lambda n: (PRIMARIES + 2 * n,), {"contact_pkey"}),
+    "email": (repository.customer_with_identifier, lambda n: (email(n), None), {"contact_email_live_idx"}),
+    "phone number": (
+        repository.customer_with_identifier,
+        lambda n: (None, phone(n)),
+        {"contact_phone_number_live_idx"},
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
+@pytest.mark.parametrize("lookup", LOOKUPS)
+def test_lookups_read_contacts_only_through_indexes(big_database_url, fresh, lookup, mode):
+    """Each lookup, under each kind of cached plan, finds its customer through indexes only."""
+    work, arguments, must_use = LOOKUPS[lookup]
+    conn = explaining_connection(big_database_url, f"SET plan_cache_mode = {mode}")
+    try:
+        for _ in range(RUNS):
+            values = arguments(next(fresh))
+            plans = run_explained(conn, work, *values)
+            offenders = [plan for plan in plans if unindexed_scans(plan)]
+            assert not offenders, f"{values} scanned contact without an index:\n{describe(offenders)}"
+            # The customer was found and read: its secondaries were walked to through linked_id.
+            assert must_use | {"contact_linked_id_idx"} <= indexes(plans), f"{values} ran:\n{describe(plans)}"
+    finally:
+        conn.close()

@@ -46,6 +46,7 @@ REFUSED_FIELDS = [
     ({"email": "a b@x.io"}, "email"),
     ({"email": "a\u0000b@x.io"}, "email"),
     ({"email": "a\u200bb@x.io"}, "email"),
+    ({"email": "\ud800@x.io"}, "email"),  # a lone surrogate: UTF-8 cannot carry it to PostgreSQL
     ({"email": "a" * 241 + "@example.co.uk"}, "email"),
     ({"phoneNumber": True}, "phoneNumber"),
     ({"phoneNumber": False}, "phoneNumber"),

@@ -1,0 +1,109 @@
+"""What the service tells its operators: JSON log lines, a request id, an access line per request, metrics."""
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+from flask import g, has_request_context, request
+
+from identity import metrics
+
+# An incoming id is echoed into headers and logs, so only a short, plain one is kept.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Metric labels take a fixed set of values: anything else a client invents counts as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# Built once: json.dumps with default= would build an encoder for every line.
+encode = json.JSONEncoder(default=str).encode
+
+access_log = logging.getLogger("identity.access")
+merge_log = logging.getLogger("identity.merge")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, with the request id of the request being served."""
+
+    def format(self, record):
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if has_request_context():
+            line["request_id"] = g.get("request_id")
+        line.update(getattr(record, "fields", ()))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return encode(line)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each line, so a redirected stderr is followed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass  # StreamHandler.__init__ assigns a stream; the property above stays in charge
+
+
+def configure_logging(level):
+    """Send every log line of the process to stderr as JSON, at level; a second call replaces the first."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(handler)
+    handler = StderrHandler()
+    handler.setFormatter(JSONFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def start_request():
+    """Name the request (the caller's sane X-Request-ID, else a new one) and start its clock."""
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def finish_request(response):
+    """Echo the request id, count the request, and write its access line."""
+    seconds = time.perf_counter() - g.started
+    response.headers["X-Request-ID"] = g.request_id
+    req = request._get_current_object()  # once: every access through the proxy costs a lookup
+    route = req.url_rule.rule if req.url_rule else "unmatched"
+    method = req.method if req.method in KNOWN_METHODS else "other"
+    metrics.observe_request(route, method, response.status_code, seconds)
+    fields = {"method": req.method, "path": req.path, "status": response.status_code}
+    fields.update(duration_ms=round(seconds * 1000, 3), client=req.remote_addr)
+    access_log.info("request", extra={"fields": fields})
+    return response
+
+
+def record_outcome(outcome, wanted):
+    """Count the contact identify created and the customers it merged; log each merge."""
+    if outcome.created:
+        metrics.CREATED[outcome.created].inc()
+    if outcome.merged:
+        metrics.MERGES.inc(len(outcome.merged))
+        survivor = outcome.contact["primaryContatctId"]
+        joined_by = {"email": wanted["email"], "phoneNumber": wanted["phone_number"]}
+        merge_log.info(
+            "customers merged",
+            extra={"fields": {"survivor": survivor, "merged": outcome.merged, **joined_by}},
+        )
+
+
+def init_app(app):
+    """Log as JSON at LOG_LEVEL, time and count every request, and serve /metrics."""
+    configure_logging(app.config["LOG_LEVEL"])
+    app.before_request(start_request)
+    app.after_request(finish_request)
+    metrics.init_app(app)

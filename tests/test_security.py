@@ -1,0 +1,230 @@
+"""Who may call: API keys, rate limits per key or per client address, and trusted proxies.
+
+Rate-limit counts in Redis go to the machine's Redis on 127.0.0.1:6379 (.ci/run starts it), under
+a key prefix of the test's own that the test deletes afterwards.
+"""
+
+import hmac
+import json
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from servers import free_port, post_json, start_gunicorn, stop
+
+from conftest import make_app
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+# Counted in a worker, windows are aligned on the clock: a day's is all but never crossed by a test.
+DAY = 24 * 3600
+KEYS = "first-key-0123456789, second-key-9876543210"
+FIRST, SECOND = (key.strip() for key in KEYS.split(","))
+BODY = {"email": "lorraine@hillvalley.edu"}
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def make(database_url):
+    """make(**settings): the app with these settings; pools closed at the end."""
+    apps = []
+
+    def make_with(**settings):
+        apps.append(make_app(database_url, **settings))
+        return apps[-1]
+
+    yield make_with
+    for app in apps:
+        app.extensions["identity_pool"].closeall()
+
+
+def post(app, headers=None, address="10.0.0.1"):
+    """POST /identify from a client address; return the response."""
+    return app.test_client().post(
+        "/identify", json=BODY, headers=headers, environ_base={"REMOTE_ADDR": address}
+    )
+
+
+def access_lines(text):
+    """The JSON access lines among the log lines in text."""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [line for line in lines if line["logger"] == "identity.access"]
+
+
+# API keys.
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer("wrong"), bearer(FIRST[:-1]), bearer(FIRST + "x"), {"Authorization": f"Basic {FIRST}"}],
+    ids=["none", "wrong", "prefix", "longer", "basic"],
+)
+def test_without_a_valid_key_the_answer_is_a_json_401(make, headers):
+    response = post(make(IDENTITY_API_KEYS=KEYS), headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [bearer(FIRST), bearer(SECOND), {"Authorization": f"bearer  {SECOND}"}])
+def test_any_configured_key_lets_the_request_in(make, headers):
+    assert post(make(IDENTITY_API_KEYS=KEYS), headers).status_code == 200
+
+
+def test_without_configured_keys_no_key_is_needed(make):
+    assert post(make()).status_code == 200
+
+
+def test_health_is_open_metrics_and_unknown_routes_are_not(make):
+    client = make(IDENTITY_API_KEYS=KEYS).test_client()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(FIRST)).status_code == 200
+    assert client.get("/nowhere").status_code == 401
+    assert client.get("/nowhere", headers=bearer(FIRST)).status_code == 404
+
+
+def compare_digest_calls(app, headers):
+    """How many times hmac.compare_digest ran while the app answered one request."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "c_call" and arg is hmac.compare_digest:
+            calls.append(arg)
+
+    sys.setprofile(profile)
+    try:
+        post(app, headers)
+    finally:
+        sys.setprofile(None)
+    return len(calls)
+
+
+@pytest.mark.parametrize("headers", [bearer(FIRST), bearer(SECOND), bearer("wrong"), {}])
+def test_keys_are_compared_in_constant_time_and_every_one_of_them(make, headers):
+    app = make(IDENTITY_API_KEYS=KEYS + ",third-key")
+    assert compare_digest_calls(app, headers) == 3
+
+
+def test_keys_never_reach_the_logs(make, capsys):
+    app = make(IDENTITY_API_KEYS=KEYS, RATE_LIMIT="2 per day")
+    for headers in [bearer(FIRST), bearer(FIRST), bearer(FIRST), bearer("not-a-key-but-secret")]:
+        post(app, headers)
+    output = capsys.readouterr()
+    assert [line["status"] for line in access_lines(output.err)] == [200, 200, 429, 401]
+    for secret in (FIRST, "not-a-key-but-secret"):
+        assert secret not in output.err + output.out
+
+
+# Rate limits.
+
+
+def assert_rate_limited(response, window_seconds):
+    """A JSON 429 that says when to come back."""
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= window_seconds
+
+
+def test_over_the_limit_a_client_address_gets_a_json_429_with_retry_after(make):
+    app = make(RATE_LIMIT="3 per day")
+    assert [post(app).status_code for _ in range(3)] == [200] * 3
+    assert_rate_limited(post(app), DAY)
+    assert post(app, address="10.0.0.2").status_code == 200
+
+
+def test_a_new_window_lets_a_limited_client_in_again(make):
+    app = make(RATE_LIMIT="2 per second")
+    assert [post(app).status_code for _ in range(3)] == [200, 200, 429]
+    time.sleep(1.1)  # a fixed window lasts one second from the caller's first request in it
+    assert post(app).status_code == 200
+
+
+def test_health_and_metrics_are_never_limited(make):
+    client = make(RATE_LIMIT="1 per day").test_client()
+    for path in ["/healthz", "/readyz", "/metrics"] * 3:
+        assert client.get(path).status_code == 200
+
+
+def test_each_key_has_its_own_limit_and_bad_keys_count_against_the_address(make):
+    app = make(IDENTITY_API_KEYS=KEYS, RATE_LIMIT="2 per day")
+    assert [post(app, bearer(FIRST)).status_code for _ in range(2)] == [200, 200]
+    assert_rate_limited(post(app, bearer(FIRST), address="10.0.0.7"), DAY)
+    assert post(app, bearer(SECOND)).status_code == 200
+    # Guessing keys is limited too: by the address the guesses come from.
+    assert [post(app, bearer("guess"), address="10.0.0.9").status_code for _ in range(2)] == [401, 401]
+    assert_rate_limited(post(app, bearer("guess"), address="10.0.0.9"), DAY)
+
+
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(make, capsys):
+    app = make(RATE_LIMIT="2 per day")
+    statuses = [post(app, {"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(3)]
+    assert statuses == [200, 200, 429]
+    assert {line["client"] for line in access_lines(capsys.readouterr().err)} == {"10.0.0.1"}
+
+
+@pytest.mark.parametrize("hops, client", [(1, "198.51.100.7"), (2, "203.0.113.5")])
+def test_x_forwarded_for_is_honoured_for_exactly_the_trusted_hops(make, capsys, hops, client):
+    app = make(RATE_LIMIT="2 per day", TRUSTED_PROXY_HOPS=hops)
+    chain = {"X-Forwarded-For": "192.0.2.66, 203.0.113.5, 198.51.100.7"}
+    statuses = [post(app, chain).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert {line["client"] for line in access_lines(capsys.readouterr().err)} == {client}
+    # Another forwarded client has counts of its own, though every request came from one proxy.
+    assert post(app, {"X-Forwarded-For": "192.0.2.66, 203.0.113.9, 198.51.100.9"}).status_code == 200
+
+
+@pytest.fixture
+def redis_prefix():
+    """A rate-limit key prefix of this test's own in the shared Redis; its keys are deleted afterwards."""
+    prefix = f"identity-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"*{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.mark.parametrize("storage, shared", [(REDIS_URL, True), ("memory://", False)])
+def test_counts_are_shared_between_app_instances_through_redis_only(make, redis_prefix, storage, shared):
+    settings = {
+        "RATE_LIMIT": "4 per day",
+        "RATELIMIT_STORAGE_URL": storage,
+        "RATELIMIT_KEY_PREFIX": redis_prefix,
+    }
+    first, second = make(**settings), make(**settings)
+    assert [post(app).status_code for app in (first, second, first, second)] == [200] * 4
+    assert post(second).status_code == (429 if shared else 200)
+    keys = redis.Redis.from_url(REDIS_URL).keys(f"*{redis_prefix}*")
+    assert len(keys) == (1 if shared else 0)
+
+
+def test_with_redis_unreachable_limits_fail_open_to_each_process(make, capsys, redis_prefix):
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    app = make(RATE_LIMIT="2 per day", RATELIMIT_STORAGE_URL=unreachable, RATELIMIT_KEY_PREFIX=redis_prefix)
+    assert [post(app).status_code for _ in range(3)] == [200, 200, 429]
+    warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"WARNING"' in line]
+    # Flask-Limiter says so once, in its own words, as a JSON line like every other.
+    assert len(warnings) == 1 and "storage unreachable" in warnings[0]["message"].lower()
+
+
+@pytest.mark.slow
+def test_four_gunicorn_workers_share_one_limit_through_redis(database_url, tmp_path, redis_prefix):
+    port = free_port()
+    settings = {"RATE_LIMIT": "20 per minute", "RATELIMIT_STORAGE_URL": REDIS_URL}
+    settings.update(RATELIMIT_KEY_PREFIX=redis_prefix, DATABASE_URL=database_url, WEB_CONCURRENCY=4)
+    process, _ = start_gunicorn(tmp_path, port, **settings)
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(lambda _: post_json(port, BODY), range(30)))
+    finally:
+        stop(process)
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200] * 20 + [429] * 10
+    assert all(1 <= int(headers["Retry-After"]) <= 60 for status, headers, _ in answers if status == 429)
