@@ -1,8 +1,10 @@
 """A TCP forwarder in front of the real PostgreSQL, so a test can cut the database off and back."""
 
+import contextlib
 import socket
 import threading
-import contextlib
+
+from servers import free_port
 
 
 class TcpProxy:
@@ -50,10 +52,3 @@ def close_quietly(sock):
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -9,31 +9,23 @@ must hold whatever the interleaving was.
 
 import http.client
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import psycopg2
 import pytest
 from helpers import all_contacts
+from servers import HOST, free_port, start_gunicorn, stop
 
 from identity import DEFAULTS
 from identity.db import connect_kwargs
 from identity.repository import identify
 from identity.retrying import retrying
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 WORKERS = 4
-STARTUP_SECONDS = 20
 FIRST_ORDERS = 50
 FIRST_ORDER_ROUNDS = 10
 STORM_THREADS = 32
@@ -236,62 +228,13 @@ def run_together(batches, work):
 # A real gunicorn, and HTTP to it.
 
 
-def free_port():
-    """A TCP port on HOST that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def healthy(address):
-    """Whether GET /healthz answers 200 at address."""
-    connection = http.client.HTTPConnection(*address, timeout=1)
-    try:
-        connection.request("GET", "/healthz")
-        return connection.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
-
-
-def wait_until_healthy(process, address, log):
-    """Return once the server answers; fail with its log if it exits or stays silent too long."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while process.poll() is None and time.monotonic() < deadline:
-        if healthy(address):
-            return
-        time.sleep(0.1)
-    pytest.fail(
-        f"gunicorn did not answer GET /healthz within {STARTUP_SECONDS} s "
-        f"(exit code {process.returncode}):\n{log.read_text()}"
-    )
-
-
-def stop(process):
-    """Shut the server down gracefully, killing it if it takes too long."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
 def server(database_url, tmp_path):
     """A real gunicorn with several workers, serving this test's database; yields (host, port)."""
-    address = (HOST, free_port())
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{address[1]}"]
-    command += ["--workers", str(WORKERS), "wsgi:app"]
-    # gunicorn 27 puts a control socket under XDG_RUNTIME_DIR: keep it off any server already running.
-    env = {**os.environ, "DATABASE_URL": database_url, "XDG_RUNTIME_DIR": str(tmp_path)}
-    log = tmp_path / "gunicorn.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    port = free_port()
+    process, _ = start_gunicorn(tmp_path, port, DATABASE_URL=database_url, WEB_CONCURRENCY=WORKERS)
     try:
-        wait_until_healthy(process, address, log)
-        yield address
+        yield (HOST, port)
     finally:
         stop(process)
 

@@ -10,7 +10,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from conftest import make_app
 from helpers import all_contacts, identify
 from identity.retrying import MAX_ATTEMPTS, TooMuchContention, retrying
-from tcp_proxy import TcpProxy, free_port
+from servers import free_port
+from tcp_proxy import TcpProxy
 
 
 def test_unknown_route_is_a_json_404(client):
