@@ -7,12 +7,14 @@ a key prefix of the test's own that the test deletes afterwards.
 import hmac
 import json
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from flask_limiter import Limiter
 from servers import free_port, post_json, start_gunicorn, stop
 
 from conftest import make_app
@@ -137,6 +139,35 @@ def test_over_the_limit_a_client_address_gets_a_json_429_with_retry_after(make):
     assert [post(app).status_code for _ in range(3)] == [200] * 3
     assert_rate_limited(post(app), DAY)
     assert post(app, address="10.0.0.2").status_code == 200
+
+
+def test_within_the_limit_flask_limiters_full_check_is_skipped_and_a_breach_takes_it(make, monkeypatch):
+    full_checks = []
+    full_check = Limiter._check_request_limit
+
+    def counted_full_check(*args, **kwargs):
+        full_checks.append(1)
+        return full_check(*args, **kwargs)
+
+    monkeypatch.setattr(Limiter, "_check_request_limit", counted_full_check)
+    app = make(RATE_LIMIT="3 per day")
+    assert [post(app).status_code for _ in range(3)] == [200] * 3
+    assert full_checks == []
+    assert_rate_limited(post(app), DAY)
+    assert full_checks == [1]
+
+
+def test_counting_in_memory_starts_no_thread_per_request(make, monkeypatch):
+    app = make(RATE_LIMIT="1000 per second")
+    post(app)
+    started = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: started.append(thread) or start(thread))
+    # Spread over more than one sweep interval, so the sweep runs too.
+    for _ in range(30):
+        assert post(app).status_code == 200
+        time.sleep(0.05)
+    assert started == []
 
 
 def test_a_new_window_lets_a_limited_client_in_again(make):
