@@ -115,9 +115,23 @@ class OneLimitLimiter(Limiter):
     strategy, storage, key and scope Flask-Limiter itself uses. Whatever is not a plain pass takes
     Flask-Limiter's own full check: a breach (counting once more changes nothing past the limit),
     an error of the storage (Flask-Limiter fails over to memory and says so), and every request while
-    it counts in memory (it alone knows when the storage is back). It relies on Flask-Limiter's
-    internals, so setup.cfg pins its minor version; test_security.py covers each of those ways.
+    it counts in memory (it alone knows when the storage is back).
+    Flask-Limiter's other two hooks are not installed: after each request it adds X-RateLimit
+    headers (off here) and settles deductions made conditional on the answer (none here), and at
+    teardown it clears state that dies with the request anyway; together 90,000 instructions.
+    This relies on Flask-Limiter's internals, so setup.cfg pins its minor version;
+    test_security.py covers each of those ways.
     """
+
+    def init_app(self, app):
+        """Flask-Limiter's set-up, keeping only its before_request hook: the check."""
+        super().init_app(app)
+        for hooks in (app.after_request_funcs[None], app.teardown_request_funcs[None]):
+            hooks[:] = [hook for hook in hooks if not self.owns(hook)]
+
+    def owns(self, hook):
+        """Whether hook is one Flask-Limiter registered for this instance (a bound method or partial)."""
+        return getattr(hook, "__self__", None) is self or self in getattr(hook, "args", ())
 
     def _check_request_limit(self, callable_name=None, in_middleware=True):
         """The before_request hook Flask-Limiter registers: pass within the limit, else the full check."""
