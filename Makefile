@@ -10,7 +10,7 @@ PORT ?= 8000
 WEB_CONCURRENCY ?= 4
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate test test-tools lint clean bench bench-soak bench-tools
+.PHONY: run dev migrate test test-tools lint clean bench bench-soak bench-compare bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: bench-tools $(VENV)/.installed-app  ## benchmark table (BENCH_ARGS="--rep
 
 bench-soak: bench-tools $(VENV)/.installed-app  ## 5 minutes of checkout, worker memory every 30 s
 	$(BIN)/python tests/bench/run.py --soak 300 $(BENCH_ARGS)
+
+bench-compare: bench-tools $(VENV)/.installed-app  ## checkout mix, this checkout beside git ref(s) REF
+	@test -n "$(REF)" || (echo 'usage: make bench-compare REF="<git ref> ..."' >&2; exit 2)
+	$(BIN)/python tests/bench/run.py --compare $(REF) $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --line-length 110 --select E,F,W,B,UP,SIM identity tests wsgi.py

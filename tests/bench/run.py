@@ -4,7 +4,8 @@ For each size K it makes a throwaway database, preloads K customers, starts guni
 `make run` does, runs the three workloads (a warm-up, then the measured run), checks the table's
 invariants, and measures the pgbench floor on the same table; then the ceiling of the web stack,
 a JSON echo under the same gunicorn settings. `--soak SECONDS` instead runs the checkout mix that
-long and samples each worker's resident memory.
+long and samples each worker's resident memory. `--compare REF...` runs the checkout mix on this
+checkout and on each git ref (a worktree of it), taking turns, so all see the same machine.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -80,20 +82,20 @@ def bench_database(customers):
 
 
 @contextlib.contextmanager
-def service(app, database_url=None):
-    """gunicorn with the production settings (gunicorn.conf.py) serving app on PORT."""
+def service(app, database_url=None, root=ROOT):
+    """gunicorn with the production settings (root's gunicorn.conf.py) serving root's app on PORT."""
     env = {**os.environ, "PORT": str(PORT)}
     if database_url:
         env["DATABASE_URL"] = database_url
     command = [
         str(ROOT / ".venv/bin/gunicorn"),
         "-c",
-        str(ROOT / "gunicorn.conf.py"),
+        str(root / "gunicorn.conf.py"),
         "--pythonpath",
         str(HERE),
         app,
     ]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving()
         yield process
@@ -138,15 +140,30 @@ def wrk(workload, customers, seconds, connections=32):
     return figures
 
 
-def worker_rss_mib(master):
-    """Resident memory of each of the gunicorn master's worker processes, in MiB."""
-    sizes = []
+def worker_statuses(master):
+    """The /proc status fields of each of the gunicorn master's worker processes."""
+    statuses = []
     for status in Path("/proc").glob("[0-9]*/status"):
         with contextlib.suppress(OSError):
             fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
             if int(fields["PPid"]) == master.pid:
-                sizes.append(int(fields["VmRSS"].split()[0]) / 1024)
-    return sorted(sizes)
+                statuses.append(fields)
+    return statuses
+
+
+def worker_rss_mib(master):
+    """Resident memory of each of the gunicorn master's worker processes, in MiB."""
+    return sorted(int(fields["VmRSS"].split()[0]) / 1024 for fields in worker_statuses(master))
+
+
+def worker_cpu_seconds(master):
+    """CPU time (user and system) the gunicorn master's workers have used so far."""
+    total = 0
+    for fields in worker_statuses(master):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{fields['Pid'].strip()}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(stat[11]) + int(stat[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pgbench(url, customers, seconds):
@@ -249,6 +266,56 @@ def soak(args):
             )
 
 
+@contextlib.contextmanager
+def worktree(ref):
+    """A checkout of the git ref beside this one, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="identity-bench-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=True)
+
+
+def measured_checkout(customers, seconds, master):
+    """One checkout run, with the workers' CPU time per request."""
+    before = worker_cpu_seconds(master)
+    figures = wrk("checkout", customers, seconds)
+    figures["cpu_us"] = (worker_cpu_seconds(master) - before) / figures["requests"] * 1e6
+    return figures
+
+
+def compare(args):
+    """The checkout mix on this checkout and on each ref, one after another, args.repeat times."""
+    customers = args.customers[-1]
+    with contextlib.ExitStack() as stack:
+        roots = {"this checkout": ROOT} | {ref: stack.enter_context(worktree(ref)) for ref in args.compare}
+        url = stack.enter_context(bench_database(customers))
+        runs = {name: [] for name in roots}
+        for _ in range(args.repeat):
+            for name, root in roots.items():
+                with service("wsgi:app", url, root) as master:
+                    wrk("checkout", customers, args.warmup)
+                    runs[name].append(measured_checkout(customers, args.duration, master))
+    print_comparison(f"checkout @ {customers:,}", runs, args)
+
+
+def print_comparison(title, runs, args):
+    """One line per variant: medians of its runs, errors summed."""
+    print(f"{title:<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}  worker CPU/request")
+    for name, figures in runs.items():
+        m = {
+            key: statistics.median(run[key] for run in figures)
+            for key in ("rps", "p50_us", "p99_us", "cpu_us")
+        }
+        errors = sum(run["socket_errors"] for run in figures), sum(run["non_2xx"] for run in figures)
+        print(
+            f"{name:<24}{m['rps']:>9.0f}{m['p50_us'] / 1000:>9.2f}{m['p99_us'] / 1000:>9.2f}"
+            f"{errors[0]:>8}{errors[1]:>9}  {m['cpu_us']:.0f} us"
+        )
+    print(f"each figure: median of {args.repeat} runs of {args.duration} s, the variants taking turns")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, nargs="+", default=[20_000, 1_000_000])
@@ -256,9 +323,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3, help="measured runs per figure; the median is shown")
     parser.add_argument("--soak", type=int, default=0, help="seconds of checkout while sampling memory")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="REF", help="git refs to run beside this")
     args = parser.parse_args()
     if args.soak:
         return soak(args)
+    if args.compare:
+        return compare(args)
     rows = [row for customers in args.customers for row in bench_size(customers, args)] + ceiling(args)
     print_table(rows)
     share_of_floor(rows)
