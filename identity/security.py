@@ -143,14 +143,16 @@ class OneLimitLimiter(Limiter):
         if not passed:
             super()._check_request_limit(callable_name, in_middleware)
 
-    application_limit = None
+    resolved_limits = None
 
     def within_application_limit(self):
-        """Count the request against the application limit, as Flask-Limiter would; True within it."""
-        if self.application_limit is None:
+        """Count the request against the one application limit, as Flask-Limiter would; True within it."""
+        if self.resolved_limits is None:
             # Resolved once: Flask-Limiter parses the limit string again for every request.
-            (self.application_limit,) = self.limit_manager.application_limits
-        limit = self.application_limit
+            self.resolved_limits = self.limit_manager.application_limits
+        if len(self.resolved_limits) != 1:
+            return False  # RATE_LIMIT names several ("10/second;1000/hour"): the full check counts them
+        (limit,) = self.resolved_limits
         if limit.is_exempt:
             return True
         key = [limit.key_func(), limit.scope_for(request.endpoint, request.method)]

@@ -259,3 +259,9 @@ def test_four_gunicorn_workers_share_one_limit_through_redis(database_url, tmp_p
     statuses = sorted(status for status, _, _ in answers)
     assert statuses == [200] * 20 + [429] * 10
     assert all(1 <= int(headers["Retry-After"]) <= 60 for status, headers, _ in answers if status == 429)
+
+
+def test_with_several_limits_in_rate_limit_the_tightest_applies(make):
+    app = make(RATE_LIMIT="2 per day;100 per second")
+    assert [post(app).status_code for _ in range(2)] == [200] * 2
+    assert_rate_limited(post(app), DAY)
