@@ -12,6 +12,10 @@ from identity.pool import PoolExhausted
 from identity.retrying import TooMuchContention
 
 RETRY_AFTER_SECONDS = "1"
+# The messages the API documents too (identity/openapi.py).
+INVALID_FIELDS = "The request has invalid fields."
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly."
+INTERNAL_ERROR = "Something went wrong on our side."
 
 
 class MalformedJSON(BadRequest):
@@ -66,8 +70,14 @@ def error_response(status, code, message, fields=None, headers=None):
 
 def too_large(error):
     """A body over MAX_CONTENT_LENGTH, refused before it is read."""
-    limit_kib = current_app.config["MAX_CONTENT_LENGTH"] // 1024
-    return error_response(413, "payload_too_large", f"The body must be at most {limit_kib} KiB.")
+    return error_response(
+        413, "payload_too_large", body_limit_message(current_app.config["MAX_CONTENT_LENGTH"])
+    )
+
+
+def body_limit_message(max_bytes):
+    """What a 413 says for a body limit of max_bytes."""
+    return f"The body must be at most {max_bytes // 1024} KiB."
 
 
 def http_error(error):
@@ -79,28 +89,33 @@ def http_error(error):
 
 def rate_limited(error):
     """Flask-Limiter's 429, in our shape, with the seconds until the caller's window ends."""
-    message = f"Too many requests: the limit is {error.description}."
+    message = rate_limit_message(error.description)
     return error_response(429, "rate_limited", message, headers={"Retry-After": str(g.get("retry_after", 1))})
+
+
+def rate_limit_message(limit):
+    """What a 429 says for a limit as Flask-Limiter writes it ("5000 per 1 second")."""
+    return f"Too many requests: the limit is {limit}."
 
 
 def invalid_fields(error):
     """marshmallow's field messages, keyed by the names the client sent."""
     messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
-    return error_response(400, "invalid_request", "The request has invalid fields.", messages)
+    return error_response(400, "invalid_request", INVALID_FIELDS, messages)
 
 
 def database_unavailable(error):
     """The database cannot be reached or is too busy: tell the client when to try again."""
     current_app.logger.warning("database unavailable: %s", str(error).strip())
     metrics.DATABASE_ERRORS.labels(type(error).__name__).inc()
-    message = "The database is unavailable; try again shortly."
-    return error_response(503, "database_unavailable", message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+    headers = {"Retry-After": RETRY_AFTER_SECONDS}
+    return error_response(503, "database_unavailable", DATABASE_UNAVAILABLE, headers=headers)
 
 
 def unexpected(error):
     """Anything else: log the stack trace, show the client nothing of it."""
     current_app.logger.exception("unhandled error")
-    return error_response(500, "internal_error", "Something went wrong on our side.")
+    return error_response(500, "internal_error", INTERNAL_ERROR)
 
 
 def init_app(app):

@@ -16,10 +16,11 @@ from marshmallow import Schema, fields
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from identity import DEFAULTS, errors, schemas
 from identity.errors import MalformedJSON, NotJSON
 from identity.schemas import PHONE_SEPARATORS, CustomerQuery, Email, IdentifyRequest, PhoneNumber
 from identity.security import OPEN_PATHS, UNLIMITED_PATHS, MissingKey
-from identity.views import MAX_CONTACT_ID
+from identity.views import MAX_CONTACT_ID, NO_CONTACT_WITH_ID
 
 bp = Blueprint(
     "openapi",
@@ -204,7 +205,6 @@ def error_response(description, examples, headers=()):
     }
 
 
-INVALID = "The request has invalid fields."
 RESPONSES = {
     "InvalidBody": error_response(
         "The body is not JSON, not an object, has an invalid field, or carries no value once normalised.",
@@ -213,14 +213,14 @@ RESPONSES = {
             "invalid_field": error_example(
                 "An invalid field",
                 "invalid_request",
-                INVALID,
-                {"phoneNumber": ["Must be a string, a non-negative integer or null."]},
+                errors.INVALID_FIELDS,
+                {"phoneNumber": [schemas.NOT_A_PHONE_NUMBER_TYPE]},
             ),
             "no_value": error_example(
                 "Neither value",
                 "invalid_request",
-                INVALID,
-                {"_schema": ["Give an email, a phoneNumber or both."]},
+                errors.INVALID_FIELDS,
+                {"_schema": [schemas.NEITHER_VALUE]},
             ),
         },
     ),
@@ -230,8 +230,8 @@ RESPONSES = {
             "both": error_example(
                 "Both or neither",
                 "invalid_request",
-                INVALID,
-                {"_schema": ["Give exactly one of email and phoneNumber."]},
+                errors.INVALID_FIELDS,
+                {"_schema": [schemas.NOT_EXACTLY_ONE]},
             ),
         },
     ),
@@ -243,7 +243,7 @@ RESPONSES = {
     "NotFound": error_response(
         "No live contact matches, or no such route.",
         {
-            "contact": error_example("Unknown contact", "not_found", "No live contact has this id."),
+            "contact": error_example("Unknown contact", "not_found", NO_CONTACT_WITH_ID),
             "route": error_example("Unknown route", "not_found", NotFound.description),
         },
     ),
@@ -260,7 +260,7 @@ RESPONSES = {
         "The body is over MAX_CONTENT_LENGTH (64 KiB by default), with or without Content-Length.",
         {
             "payload_too_large": error_example(
-                "Too large", "payload_too_large", "The body must be at most 64 KiB."
+                "Too large", "payload_too_large", errors.body_limit_message(DEFAULTS["MAX_CONTENT_LENGTH"])
             )
         },
     ),
@@ -272,24 +272,20 @@ RESPONSES = {
         "Over RATE_LIMIT for this key (or this client address, without a valid key).",
         {
             "rate_limited": error_example(
-                "Too many", "rate_limited", "Too many requests: the limit is 5000 per 1 second."
+                "Too many", "rate_limited", errors.rate_limit_message("5000 per 1 second")
             )
         },
         ["Retry-After"],
     ),
     "InternalError": error_response(
         "Anything unexpected; logged with its stack trace, nothing of it shown.",
-        {
-            "internal_error": error_example(
-                "Unexpected", "internal_error", "Something went wrong on our side."
-            )
-        },
+        {"internal_error": error_example("Unexpected", "internal_error", errors.INTERNAL_ERROR)},
     ),
     "DatabaseUnavailable": error_response(
         "The database cannot be reached, timed out, or stayed contended.",
         {
             "database_unavailable": error_example(
-                "Database down", "database_unavailable", "The database is unavailable; try again shortly."
+                "Database down", "database_unavailable", errors.DATABASE_UNAVAILABLE
             )
         },
         ["Retry-After"],

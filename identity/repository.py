@@ -57,9 +57,7 @@ def identify(conn, email, phone_number):
 
 def ping(conn):
     """Raise unless the database answers a trivial statement."""
-    with conn.cursor() as cur:
-        cur.execute(QUERIES["ping"])
-        cur.fetchone()
+    first_value(conn, "ping", None)
 
 
 def customer_of_contact(conn, contact_id):

@@ -8,6 +8,10 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_sche
 MAX_EMAIL_LENGTH = 254
 PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
 PHONE_NUMBER = re.compile(r"\+?[0-9]{1,20}")
+# The messages the API documents too (identity/openapi.py).
+NOT_A_PHONE_NUMBER_TYPE = "Must be a string, a non-negative integer or null."
+NEITHER_VALUE = "Give an email, a phoneNumber or both."
+NOT_EXACTLY_ONE = "Give exactly one of email and phoneNumber."
 
 
 def is_forbidden_in_email(char):
@@ -39,7 +43,7 @@ class PhoneNumber(fields.Field):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             value = str(value)
         if not isinstance(value, str):
-            raise ValidationError("Must be a string, a non-negative integer or null.")
+            raise ValidationError(NOT_A_PHONE_NUMBER_TYPE)
         if not value.strip():
             return None
         number = PHONE_SEPARATORS.sub("", value)
@@ -63,7 +67,7 @@ class IdentifyRequest(Schema):
     def needs_an_identifier(self, data, **kwargs):
         """Refuse a request that carries neither value once normalised."""
         if data.get("email") is None and data.get("phone_number") is None:
-            raise ValidationError("Give an email, a phoneNumber or both.")
+            raise ValidationError(NEITHER_VALUE)
 
 
 class CustomerQuery(Schema):
@@ -79,4 +83,4 @@ class CustomerQuery(Schema):
     def needs_exactly_one_identifier(self, data, **kwargs):
         """Refuse a lookup by both values, or by neither once normalised."""
         if (data.get("email") is None) == (data.get("phone_number") is None):
-            raise ValidationError("Give exactly one of email and phoneNumber.")
+            raise ValidationError(NOT_EXACTLY_ONE)

@@ -9,6 +9,7 @@ from identity.schemas import CustomerQuery, IdentifyRequest
 
 # contact.id is a bigint: a larger id matches no route, so it never reaches PostgreSQL.
 MAX_CONTACT_ID = 2**63 - 1
+NO_CONTACT_WITH_ID = "No live contact has this id."
 
 
 class ContactId(IntegerConverter):
@@ -40,7 +41,7 @@ def identify():
 def contact_by_id(contact_id):
     """The customer the contact belongs to, found by any of its contacts' ids; writes nothing."""
     customer = db.run(repository.customer_of_contact, contact_id)
-    return found(customer, "No live contact has this id.")
+    return found(customer, NO_CONTACT_WITH_ID)
 
 
 @bp.get("/contacts")
