@@ -124,10 +124,16 @@ class OneLimitLimiter(Limiter):
     """
 
     def init_app(self, app):
-        """Flask-Limiter's set-up, keeping only its before_request hook: the check."""
+        """Flask-Limiter's set-up, keeping only its before_request hook (the check), counting in memory
+        without timer threads."""
         super().init_app(app)
         for hooks in (app.after_request_funcs[None], app.teardown_request_funcs[None]):
             hooks[:] = [hook for hook in hooks if not self.owns(hook)]
+        if self._in_memory_fallback_enabled:
+            # Flask-Limiter builds its fail-over counts on limits' MemoryStorage itself, not from a
+            # URI: they get the thread-free storage that memory:// gets.
+            self._fallback_storage = SweptMemoryStorage()
+            self._fallback_limiter = type(self._fallback_limiter)(self._fallback_storage)
 
     def owns(self, hook):
         """Whether hook is one Flask-Limiter registered for this instance (a bound method or partial)."""

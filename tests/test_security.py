@@ -157,8 +157,11 @@ def test_within_the_limit_flask_limiters_full_check_is_skipped_and_a_breach_take
     assert full_checks == [1]
 
 
-def test_counting_in_memory_starts_no_thread_per_request(make, monkeypatch):
-    app = make(RATE_LIMIT="1000 per second")
+@pytest.mark.parametrize("storage", ["memory://", "unreachable redis"])
+def test_counting_in_memory_starts_no_thread_per_request(make, monkeypatch, storage):
+    # With Redis unreachable, the counts go to Flask-Limiter's in-memory fail-over.
+    url = f"redis://127.0.0.1:{free_port()}/0" if storage == "unreachable redis" else storage
+    app = make(RATE_LIMIT="1000 per second", RATELIMIT_STORAGE_URL=url)
     post(app)
     started = []
     start = threading.Thread.start
