@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 SERVER_URL = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
 WORKLOADS = ("checkout", "new", "merge")
+MEDIANS = ("rps", "p50_us", "p99_us", "cpu_us")
 CHECKS = ("broken_links", "split_values", "lost_customers", "duplicate_contacts")
 
 
@@ -196,12 +197,15 @@ def violations(url, customers):
 def measure(workload, customers, args, master):
     """Warm up, then the median of args.repeat measured runs, errors summed, and worker memory."""
     wrk(workload, customers, args.warmup)
-    runs = [wrk(workload, customers, args.duration) for _ in range(args.repeat)]
-    figures = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50_us", "p99_us")}
-    for key in ("socket_errors", "non_2xx"):
-        figures[key] = sum(run[key] for run in runs)
+    figures = summary([wrk(workload, customers, args.duration) for _ in range(args.repeat)])
     figures["rss_mib"] = worker_rss_mib(master)
     return figures
+
+
+def summary(runs):
+    """The median of each figure over runs (cpu_us where measured), and their errors summed."""
+    medians = {key: statistics.median(run[key] for run in runs) for key in MEDIANS if key in runs[0]}
+    return medians | {key: sum(run[key] for run in runs) for key in ("socket_errors", "non_2xx")}
 
 
 def bench_size(customers, args):
@@ -303,15 +307,10 @@ def compare(args):
 def print_comparison(title, runs, args):
     """One line per variant: medians of its runs, errors summed."""
     print(f"{title:<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}  worker CPU/request")
-    for name, figures in runs.items():
-        m = {
-            key: statistics.median(run[key] for run in figures)
-            for key in ("rps", "p50_us", "p99_us", "cpu_us")
-        }
-        errors = sum(run["socket_errors"] for run in figures), sum(run["non_2xx"] for run in figures)
+    for name, m in ((name, summary(figures)) for name, figures in runs.items()):
         print(
             f"{name:<24}{m['rps']:>9.0f}{m['p50_us'] / 1000:>9.2f}{m['p99_us'] / 1000:>9.2f}"
-            f"{errors[0]:>8}{errors[1]:>9}  {m['cpu_us']:.0f} us"
+            f"{m['socket_errors']:>8}{m['non_2xx']:>9}  {m['cpu_us']:.0f} us"
         )
     print(f"each figure: median of {args.repeat} runs of {args.duration} s, the variants taking turns")
 
