@@ -35,16 +35,17 @@ def settings_from_environment():
 
 def create_app(overrides=None):
     """Build the app from the environment, then from overrides (tests pass those)."""
-    from identity import cli, db, errors, observability, openapi, security, views
+    from identity import cli, db, errors, json_body, observability, openapi, security, views
 
     app = Flask(__name__, static_folder=None)  # no /static route: nothing is served from there
     app.config.update(settings_from_environment())
     app.config.update(overrides or {})
     observability.init_app(app)
     security.init_app(app)
+    json_body.init_app(app)
     errors.init_app(app)
     db.init_app(app)
     cli.init_app(app)
     app.register_blueprint(views.bp)
-    app.register_blueprint(openapi.bp)
+    openapi.init_app(app)  # last: it documents every route registered before it
     return app

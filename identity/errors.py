@@ -1,60 +1,58 @@
 """One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
 
 import psycopg2
-from flask import Request, current_app, g, jsonify
+from flask import current_app, g, jsonify
 from flask_limiter import RateLimitExceeded
-from flask.json.provider import DefaultJSONProvider
 from marshmallow import ValidationError
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from identity import metrics
+from identity import DEFAULTS, metrics
+from identity.apidoc import ErrorExample
 from identity.pool import PoolExhausted
 from identity.retrying import TooMuchContention
 
 RETRY_AFTER_SECONDS = "1"
-# The messages the API documents too (identity/openapi.py).
 INVALID_FIELDS = "The request has invalid fields."
 DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly."
 INTERNAL_ERROR = "Something went wrong on our side."
 
 
-class MalformedJSON(BadRequest):
-    code_name = "malformed_json"
-    description = "The body is not valid JSON."
+def body_limit_message(max_bytes):
+    """What a 413 says for a body limit of max_bytes."""
+    return f"The body must be at most {max_bytes // 1024} KiB."
 
 
-class NotJSON(UnsupportedMediaType):
-    code_name = "unsupported_media_type"
-    description = "Send the body as JSON, with Content-Type: application/json."
+def invalid_request(name, summary, fields):
+    """An example of a 400 for invalid fields, with marshmallow's messages by field."""
+    return ErrorExample(400, name, summary, "invalid_request", INVALID_FIELDS, fields)
 
 
-class ApiRequest(Request):
-    """A request whose JSON failures raise our own, clearly named errors."""
-
-    def get_data(self, *args, **kwargs):
-        """The body; one streamed without Content-Length that exceeds the limit is refused, not cut."""
-        data = super().get_data(*args, **kwargs)
-        limit = self.max_content_length
-        streamed_to_limit = self.content_length is None and limit is not None and len(data) >= limit
-        # Werkzeug stops reading at the limit without complaint; one byte more means too large.
-        if streamed_to_limit and self.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
-        return data
-
-    def on_json_loading_failed(self, e):
-        raise NotJSON() if e is None else MalformedJSON()
-
-
-class JSONProvider(DefaultJSONProvider):
-    """Flask's JSON, keeping key order, and treating absurd nesting as malformed input."""
-
-    sort_keys = False
-
-    def loads(self, s, **kwargs):
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise ValueError("JSON nested too deeply") from None
+# The errors documented for every route (identity/openapi.py) or for the routes that may give them.
+PAYLOAD_TOO_LARGE = ErrorExample(
+    413,
+    "payload_too_large",
+    "Over MAX_CONTENT_LENGTH",
+    "payload_too_large",
+    body_limit_message(DEFAULTS["MAX_CONTENT_LENGTH"]),
+)
+DATABASE_DOWN = ErrorExample(
+    503,
+    "database_unavailable",
+    "The database cannot be reached, timed out or stayed contended",
+    "database_unavailable",
+    DATABASE_UNAVAILABLE,
+    headers=("Retry-After",),
+)
+ROUTE_NOT_FOUND = ErrorExample(404, "route", "No such route", "not_found", NotFound.description)
+METHOD_NOT_ALLOWED = ErrorExample(
+    405,
+    "method_not_allowed",
+    "A method the route does not answer",
+    "method_not_allowed",
+    MethodNotAllowed.description,
+    headers=("Allow",),
+)
+UNEXPECTED = ErrorExample(500, "internal_error", "Anything unexpected", "internal_error", INTERNAL_ERROR)
 
 
 def error_response(status, code, message, fields=None, headers=None):
@@ -73,11 +71,6 @@ def too_large(error):
     return error_response(
         413, "payload_too_large", body_limit_message(current_app.config["MAX_CONTENT_LENGTH"])
     )
-
-
-def body_limit_message(max_bytes):
-    """What a 413 says for a body limit of max_bytes."""
-    return f"The body must be at most {max_bytes // 1024} KiB."
 
 
 def http_error(error):
@@ -120,8 +113,6 @@ def unexpected(error):
 
 def init_app(app):
     """Register the handlers on the app, so routing's own 404 and 405 use them too."""
-    app.request_class = ApiRequest
-    app.json = JSONProvider(app)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(RateLimitExceeded, rate_limited)

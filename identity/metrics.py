@@ -11,6 +11,8 @@ from flask import Response, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
+from identity import apidoc
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 # Request latency is mostly one to twenty milliseconds; the buckets are dense there.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -61,6 +63,8 @@ def registry():
     return collected
 
 
+@apidoc.operation("metrics", "Prometheus metrics, in its text exposition format", ["operations"])
+@apidoc.answers("The metrics.", {"type": "string"}, media_type="text/plain")
 def metrics():
     """Every metric, in the exposition format the scraper asks for (Prometheus text by default)."""
     encode, content_type = choose_encoder(request.headers.get("Accept"))

@@ -1,298 +1,42 @@
-"""The API described: an OpenAPI 3.0 document built from the marshmallow schemas, and a docs page.
+"""The OpenAPI 3.0 document, assembled from the operations described on the views, and the docs page.
 
-The operations below are the contract: tests/test_openapi.py checks that every route of the app is
-described and every example fits its schema, and schemathesis checks the live service's answers
-against it.
-Swagger UI's assets come from the swagger-ui-bundle package, so /docs works with no internet.
+Every route of the app is walked (app.url_map), so a route without a description stops the app at
+start. What every route shares is added here: the 405 and 500 every route may give, and the key
+(401) and rate limit (429) that identity.security enforces on all but a few paths.
+Swagger UI's files come from the swagger-ui-bundle package, so /docs works with no internet.
 """
 
-import copy
-import functools
+import re
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, render_template
-from marshmallow import Schema, fields
+from flask import Blueprint, current_app, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from identity import DEFAULTS, errors, schemas
-from identity.errors import MalformedJSON, NotJSON
-from identity.schemas import PHONE_SEPARATORS, CustomerQuery, Email, IdentifyRequest, PhoneNumber
-from identity.security import OPEN_PATHS, UNLIMITED_PATHS, MissingKey
-from identity.views import MAX_CONTACT_ID, NO_CONTACT_WITH_ID
-
-bp = Blueprint(
-    "openapi",
-    __name__,
-    template_folder="templates",
-    static_folder=str(swagger_ui_path),
-    static_url_path="/docs/assets",
-)
+from identity import apidoc, schemas
+from identity.errors import METHOD_NOT_ALLOWED, ROUTE_NOT_FOUND, UNEXPECTED
+from identity.security import MISSING_KEY, OPEN_PATHS, RATE_LIMITED, UNLIMITED_PATHS
 
 # Swagger UI 4 renders OpenAPI 3.0 only, so null is `nullable`, not a type.
 OPENAPI_VERSION = "3.0.3"
-# What PhoneNumber accepts: blank (absent), or separators around an optional + and 1 to 20 digits.
-PHONE_PATTERN = (
-    rf"^\s*$|^{PHONE_SEPARATORS.pattern}*(\+{PHONE_SEPARATORS.pattern}*)?"
-    rf"([0-9]{PHONE_SEPARATORS.pattern}*){{1,20}}$"
-)
-LARGEST_PHONE_INTEGER = 10**20 - 1
-
-DESCRIPTION = """\
-Links a shop's checkout contacts into customers: contacts that share an email or a phone number
-belong to one customer, whose oldest contact is its primary.
-
-**Keys.** When the service runs with `IDENTITY_API_KEYS` set, every operation that lists the
-`apiKey` scheme needs `Authorization: Bearer <key>` with one of those keys, and answers 401 without
-one; unset, nothing needs a key. The health checks never do.
-
-**Errors.** Every error has one shape, `{"error": {"code", "message", "fields"?}}`; `fields` maps each
-invalid field (or `_schema`) to its messages and appears on validation errors only. 429 and 503 say
-when to try again in `Retry-After`.
-"""
-
-
-class Contact(Schema):
-    """A consolidated customer."""
-
-    primary_contact_id = fields.Integer(
-        data_key="primaryContatctId",
-        required=True,
-        metadata={"description": "The primary's id; the key keeps the task's spelling."},
-    )
-    emails = fields.List(
-        fields.String(), required=True, metadata={"description": "Distinct, the primary's first."}
-    )
-    phone_numbers = fields.List(
-        fields.String(),
-        data_key="phoneNumbers",
-        required=True,
-        metadata={"description": "Distinct, normalised, the primary's first."},
-    )
-    secondary_contact_ids = fields.List(
-        fields.Integer(),
-        data_key="secondaryContactIds",
-        required=True,
-        metadata={"description": "Ascending."},
-    )
-
-
-class Customer(Schema):
-    """The answer of /identify and of the lookups."""
-
-    contact = fields.Nested(Contact, required=True)
-
-
-class ErrorDetail(Schema):
-    """What went wrong: a stable code for programs, a message for people."""
-
-    code = fields.String(required=True)
-    message = fields.String(required=True)
-    invalid = fields.Dict(
-        keys=fields.String(),
-        values=fields.List(fields.String()),
-        data_key="fields",
-        metadata={"description": "Validation errors only: messages by field name, or `_schema`."},
-    )
-
-
-class Error(Schema):
-    """The one shape of every error."""
-
-    error = fields.Nested(ErrorDetail, required=True)
-
-
-class Status(Schema):
-    """A health answer."""
-
-    status = fields.String(required=True)
-
-
-SCHEMAS = {
-    "IdentifyRequest": IdentifyRequest,
-    "Contact": Contact,
-    "Customer": Customer,
-    "ErrorDetail": ErrorDetail,
-    "Error": Error,
-    "Status": Status,
-}
-
-
-def email_property(self, field, **kwargs):
-    """An Email is a string; `format` hints at an address, which the service checks only loosely."""
-    if not isinstance(field, Email):
-        return {}
-    return {"type": "string", "format": "email", "description": "Trimmed and lower-cased; blank is absent."}
-
-
-def phone_number_property(self, field, ret):
-    """A PhoneNumber is a string or a non-negative integer; null goes on the string branch."""
-    if not isinstance(field, PhoneNumber):
-        return {}
-    text = {"type": "string", "pattern": PHONE_PATTERN}
-    if ret.pop("nullable", False):  # 3.0 ignores nullable beside no type
-        text["nullable"] = True
-    number = {"type": "integer", "minimum": 0, "maximum": LARGEST_PHONE_INTEGER}
-    return {"anyOf": [text, number], "description": "Stored as an optional + and digits; blank is absent."}
-
-
-def customer(primary_id, emails, phone_numbers, secondary_ids):
-    """An answer in the Customer shape."""
-    contact = {"primaryContatctId": primary_id, "emails": emails, "phoneNumbers": phone_numbers}
-    return {"contact": {**contact, "secondaryContactIds": secondary_ids}}
-
-
-def example(summary, value):
-    """An OpenAPI example object."""
-    return {"summary": summary, "value": value}
-
-
-def error_example(summary, code, message, invalid=None):
-    """An example in the Error shape."""
-    detail = {"code": code, "message": message}
-    return example(summary, {"error": detail if invalid is None else {**detail, "fields": invalid}})
-
-
-LORRAINE = customer(1, ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu"], ["123456"], [2])
-GEORGE = customer(3, ["george@hillvalley.edu", "biffsucks@hillvalley.edu"], ["919191", "717171"], [4])
-# The task's examples: (summary, request body, answer), one per name.
-IDENTIFY_EXAMPLES = {
-    "lorraine": (
-        "A first order: a new primary",
-        {"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"},
-        customer(1, ["lorraine@hillvalley.edu"], ["123456"], []),
-    ),
-    "mcfly": (
-        "A new email with a known phone number: a new secondary",
-        {"email": "mcfly@hillvalley.edu", "phoneNumber": "123456"},
-        LORRAINE,
-    ),
-    "known": (
-        "One known value: the whole customer, nothing written",
-        {"email": None, "phoneNumber": 123456},
-        LORRAINE,
-    ),
-    "george": (
-        "George's email with Biff's phone number: Biff's customer (4) is merged into George's (3)",
-        {"email": "george@hillvalley.edu", "phoneNumber": "717171"},
-        GEORGE,
-    ),
-}
-
+RULE_VARIABLE = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
+UNDOCUMENTED_METHODS = {"HEAD", "OPTIONS"}
+# The only files of the bundle that /docs loads; nothing else of it is served.
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+SCHEMAS = ("IdentifyRequest", "Contact", "Customer", "ErrorDetail", "Error", "Status")
 HEADERS = {
-    "Retry-After": {
-        "description": "Seconds to wait before trying again.",
-        "required": True,
-        "schema": {"type": "integer", "minimum": 0},
-    },
-    "Allow": {
-        "description": "The methods the route answers.",
-        "required": True,
-        "schema": {"type": "string"},
-    },
-    "WWW-Authenticate": {"description": "`Bearer`.", "required": True, "schema": {"type": "string"}},
+    "Retry-After": ("Seconds to wait before trying again.", {"type": "integer", "minimum": 0}),
+    "Allow": ("The methods the route answers.", {"type": "string"}),
+    "WWW-Authenticate": ("`Bearer`.", {"type": "string"}),
 }
-
-
-def error_response(description, examples, headers=()):
-    """A response in the Error shape, with an example of each code it may carry."""
-    media = {"schema": "Error", "examples": examples}
-    return {
-        "description": description,
-        "content": {"application/json": media},
-        "headers": {name: name for name in headers},
-    }
-
-
-RESPONSES = {
-    "InvalidBody": error_response(
-        "The body is not JSON, not an object, has an invalid field, or carries no value once normalised.",
-        {
-            "malformed_json": error_example("Not JSON", "malformed_json", MalformedJSON.description),
-            "invalid_field": error_example(
-                "An invalid field",
-                "invalid_request",
-                errors.INVALID_FIELDS,
-                {"phoneNumber": [schemas.NOT_A_PHONE_NUMBER_TYPE]},
-            ),
-            "no_value": error_example(
-                "Neither value",
-                "invalid_request",
-                errors.INVALID_FIELDS,
-                {"_schema": [schemas.NEITHER_VALUE]},
-            ),
-        },
-    ),
-    "InvalidQuery": error_response(
-        "An invalid value, or not exactly one of email and phoneNumber once normalised.",
-        {
-            "both": error_example(
-                "Both or neither",
-                "invalid_request",
-                errors.INVALID_FIELDS,
-                {"_schema": [schemas.NOT_EXACTLY_ONE]},
-            ),
-        },
-    ),
-    "Unauthorized": error_response(
-        "Only while IDENTITY_API_KEYS is set: no `Authorization: Bearer <key>` with one of those keys.",
-        {"unauthorized": error_example("No valid key", "unauthorized", MissingKey.description)},
-        ["WWW-Authenticate"],
-    ),
-    "NotFound": error_response(
-        "No live contact matches, or no such route.",
-        {
-            "contact": error_example("Unknown contact", "not_found", NO_CONTACT_WITH_ID),
-            "route": error_example("Unknown route", "not_found", NotFound.description),
-        },
-    ),
-    "MethodNotAllowed": error_response(
-        "The route answers other methods only, listed in Allow.",
-        {
-            "method_not_allowed": error_example(
-                "Wrong method", "method_not_allowed", MethodNotAllowed.description
-            )
-        },
-        ["Allow"],
-    ),
-    "PayloadTooLarge": error_response(
-        "The body is over MAX_CONTENT_LENGTH (64 KiB by default), with or without Content-Length.",
-        {
-            "payload_too_large": error_example(
-                "Too large", "payload_too_large", errors.body_limit_message(DEFAULTS["MAX_CONTENT_LENGTH"])
-            )
-        },
-    ),
-    "UnsupportedMediaType": error_response(
-        "The body is not sent as application/json.",
-        {"unsupported_media_type": error_example("Not JSON", "unsupported_media_type", NotJSON.description)},
-    ),
-    "TooManyRequests": error_response(
-        "Over RATE_LIMIT for this key (or this client address, without a valid key).",
-        {
-            "rate_limited": error_example(
-                "Too many", "rate_limited", errors.rate_limit_message("5000 per 1 second")
-            )
-        },
-        ["Retry-After"],
-    ),
-    "InternalError": error_response(
-        "Anything unexpected; logged with its stack trace, nothing of it shown.",
-        {"internal_error": error_example("Unexpected", "internal_error", errors.INTERNAL_ERROR)},
-    ),
-    "DatabaseUnavailable": error_response(
-        "The database cannot be reached, timed out, or stayed contended.",
-        {
-            "database_unavailable": error_example(
-                "Database down", "database_unavailable", errors.DATABASE_UNAVAILABLE
-            )
-        },
-        ["Retry-After"],
-    ),
-}
-
-ALWAYS = {"405": "MethodNotAllowed", "500": "InternalError"}
+TAGS = [
+    {"name": "customers", "description": "Link checkout contacts into customers, and look customers up."},
+    {
+        "name": "operations",
+        "description": "Health, readiness and metrics, for load balancers and monitoring.",
+    },
+    {"name": "documentation", "description": "This document and its Swagger UI page."},
+]
 # A key, or none when IDENTITY_API_KEYS is unset.
 KEY_WHEN_SET = [{"apiKey": []}, {}]
 SECURITY_SCHEME = {
@@ -300,203 +44,171 @@ SECURITY_SCHEME = {
     "scheme": "bearer",
     "description": "One of IDENTITY_API_KEYS; needed only when that setting is not empty.",
 }
-
-
-def answer(description, media_type, schema, **extra):
-    """A 200 response with one media type."""
-    return {"description": description, "content": {media_type: {"schema": schema, **extra}}}
-
-
-def customer_answer(description, examples):
-    """A 200 response carrying a customer, linked to the lookup of that customer by its primary."""
-    response = answer(description, "application/json", "Customer", examples=examples)
-    primary_id = "$response.body#/contact/primaryContatctId"
-    response["links"] = {"primary": {"operationId": "contactById", "parameters": {"contact_id": primary_id}}}
-    return response
-
-
-def path_parameter(name, schema, example_value):
-    """A required path parameter."""
-    return {"name": name, "in": "path", "required": True, "schema": schema, "example": example_value}
-
-
-PATHS = {
-    "/identify": {
-        "post": {
-            "operationId": "identify",
-            "tags": ["customers"],
-            "summary": "Link a checkout's contact details into one customer",
-            "description": (
-                "Contacts sharing an email or a phone number become one customer, its oldest contact the "
-                "primary; two customers joined by a request merge into the older. At least one value must "
-                "remain after normalisation; other keys are ignored. Always 200 when it succeeds."
-            ),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": "IdentifyRequest",
-                        "examples": {
-                            name: example(s, body) for name, (s, body, _) in IDENTIFY_EXAMPLES.items()
-                        },
-                    }
-                },
-            },
-            "responses": {
-                "200": customer_answer(
-                    "The consolidated customer, whether the request created, merged or only read.",
-                    {name: example(s, reply) for name, (s, _, reply) in IDENTIFY_EXAMPLES.items()},
-                ),
-                "400": "InvalidBody",
-                "413": "PayloadTooLarge",
-                "415": "UnsupportedMediaType",
-                "503": "DatabaseUnavailable",
-                **ALWAYS,
-            },
-        }
-    },
-    "/contacts/{contact_id}": {
-        "get": {
-            "operationId": "contactById",
-            "tags": ["customers"],
-            "summary": "The customer a contact belongs to, by the id of its primary or of a secondary",
-            "description": "Writes nothing. A deleted contact, or one of a deleted primary, is not found.",
-            "parameters": [
-                path_parameter("contact_id", {"type": "integer", "minimum": 0, "maximum": MAX_CONTACT_ID}, 2)
-            ],
-            "responses": {
-                "200": customer_answer("The customer.", {"mcfly": example("Secondary 2", LORRAINE)}),
-                "404": "NotFound",
-                "503": "DatabaseUnavailable",
-                **ALWAYS,
-            },
-        }
-    },
-    "/contacts": {
-        "get": {
-            "operationId": "contactByIdentifier",
-            "tags": ["customers"],
-            "summary": "The customer holding an email or a phone number",
-            "description": (
-                "Exactly one of `email` and `phoneNumber`, normalised as /identify does them (send a + as "
-                "%2B); other keys are ignored. Writes nothing."
-            ),
-            "parameters": [{"in": "query", "schema": CustomerQuery}],
-            "responses": {
-                "200": customer_answer(
-                    "The customer.", {"mcfly": example("email=mcfly@hillvalley.edu", LORRAINE)}
-                ),
-                "400": "InvalidQuery",
-                "404": "NotFound",
-                "503": "DatabaseUnavailable",
-                **ALWAYS,
-            },
-        }
-    },
-    "/healthz": {
-        "get": {
-            "operationId": "healthz",
-            "tags": ["operations"],
-            "summary": "Alive while the process serves; needs no database",
-            "responses": {
-                "200": answer("Alive.", "application/json", "Status", example={"status": "ok"}),
-                **ALWAYS,
-            },
-        }
-    },
-    "/readyz": {
-        "get": {
-            "operationId": "readyz",
-            "tags": ["operations"],
-            "summary": "Ready while the database answers",
-            "responses": {
-                "200": answer("Ready.", "application/json", "Status", example={"status": "ready"}),
-                "503": "DatabaseUnavailable",
-                **ALWAYS,
-            },
-        }
-    },
-    "/metrics": {
-        "get": {
-            "operationId": "metrics",
-            "tags": ["operations"],
-            "summary": "Prometheus metrics, in its text exposition format",
-            "responses": {"200": answer("The metrics.", "text/plain", {"type": "string"}), **ALWAYS},
-        }
-    },
-    "/openapi.json": {
-        "get": {
-            "operationId": "openapi",
-            "tags": ["documentation"],
-            "summary": "This document",
-            "responses": {"200": answer("OpenAPI 3.0.", "application/json", {"type": "object"}), **ALWAYS},
-        }
-    },
-    "/docs": {
-        "get": {
-            "operationId": "docs",
-            "tags": ["documentation"],
-            "summary": "Swagger UI for this document; needs no internet",
-            "responses": {"200": answer("The page.", "text/html", {"type": "string"}), **ALWAYS},
-        }
-    },
-    "/docs/assets/{filename}": {
-        "get": {
-            "operationId": "docsAsset",
-            "tags": ["documentation"],
-            "summary": "Swagger UI's files, from the swagger-ui-bundle package",
-            "parameters": [path_parameter("filename", {"type": "string"}, "swagger-ui.css")],
-            "responses": {
-                "200": answer("The file.", "*/*", {"type": "string", "format": "binary"}),
-                "404": "NotFound",
-                **ALWAYS,
-            },
-        }
-    },
+INFO = {
+    "description": (
+        "Links a shop's checkout contacts into customers: contacts that share an email or a phone number "
+        "belong to one customer, whose oldest contact is its primary.\n\n"
+        "**Keys.** When the service runs with `IDENTITY_API_KEYS` set, every operation that lists the "
+        "`apiKey` scheme needs `Authorization: Bearer <key>` with one of those keys, and answers 401 "
+        "without one; unset, nothing needs a key. The health checks never do.\n\n"
+        '**Errors.** Every error has one shape, `{"error": {"code", "message", "fields"?}}`; `fields` maps '
+        "each invalid field (or `_schema`) to its messages and appears on validation errors only. 429 "
+        "and 503 say when to try again in `Retry-After`."
+    ),
+    "license": {"name": "Proprietary"},
 }
 
+bp = Blueprint("openapi", __name__, template_folder="templates")
 
-@functools.cache
-def build_document():
-    """The OpenAPI document, built once per process."""
+
+class UndocumentedRoute(Exception):
+    """A route whose view describes no operation: every route must be in the document."""
+
+
+def build_document(app):
+    """The OpenAPI document of every route of app."""
     plugin = MarshmallowPlugin()
-    info = {"description": DESCRIPTION}
-    spec = APISpec("identity", "0.1.0", OPENAPI_VERSION, plugins=[plugin], info=info)
-    plugin.converter.add_attribute_function(email_property)
-    plugin.converter.add_attribute_function(phone_number_property)
+    spec = APISpec("identity", "0.1.0", OPENAPI_VERSION, plugins=[plugin], info=INFO)
+    spec.options.update(
+        servers=[{"url": "/", "description": "The server this document came from."}], tags=TAGS
+    )
+    plugin.converter.add_attribute_function(field_property)
     spec.components.security_scheme("apiKey", SECURITY_SCHEME)
-    for name, schema in SCHEMAS.items():
-        spec.components.schema(name, schema=schema)
-    # apispec resolves references in place; the constants stay as written.
-    headers, responses, paths = copy.deepcopy((HEADERS, RESPONSES, PATHS))
-    for name, header in headers.items():
-        spec.components.header(name, header)
-    for name, response in responses.items():
-        spec.components.response(name, response)
-    for path, operations in paths.items():
-        spec.path(path, operations={method: guarded(path, op) for method, op in operations.items()})
+    for name in SCHEMAS:
+        spec.components.schema(name, schema=getattr(schemas, name))
+    for name, (description, schema) in HEADERS.items():
+        spec.components.header(name, {"description": description, "required": True, "schema": schema})
+    for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
+        spec.path(openapi_path(rule.rule), operations=operations(app, rule))
     return spec.to_dict()
 
 
-def guarded(path, operation):
-    """The operation with what identity.security enforces on its path: keys (401), a rate limit (429)."""
-    responses = operation["responses"]
-    if path not in OPEN_PATHS:
-        operation["security"] = KEY_WHEN_SET
-        responses["401"] = "Unauthorized"
-    if path not in UNLIMITED_PATHS:
-        responses["429"] = "TooManyRequests"
-    operation["responses"] = dict(sorted(responses.items()))
-    return operation
+def field_property(converter, field, ret):
+    """What a field of ours says of itself in the document (schemas.py: Email, PhoneNumber)."""
+    return field.openapi_property(ret) if hasattr(field, "openapi_property") else {}
+
+
+def openapi_path(rule):
+    """A Flask rule as an OpenAPI path: `/contacts/<contact_id:contact_id>` is `/contacts/{contact_id}`."""
+    return RULE_VARIABLE.sub(r"{\2}", rule)
+
+
+def operations(app, rule):
+    """{method: operation} for one rule, from the description on its view."""
+    described = getattr(app.view_functions[rule.endpoint], "openapi", None)
+    if described is None:
+        raise UndocumentedRoute(
+            f"{rule.rule} has no OpenAPI description: decorate its view (identity/apidoc.py)"
+        )
+    methods = sorted(rule.methods - UNDOCUMENTED_METHODS)
+    return {method.lower(): operation(app, rule, described) for method in methods}
+
+
+def operation(app, rule, described):
+    """One operation: its description on the view, with what every route of its path shares."""
+    result = {name: described[name] for name in ("operationId", "summary", "tags") if described.get(name)}
+    if described.get("description"):
+        result["description"] = described["description"]
+    parameters = path_parameters(app, rule, described["parameters"])
+    if "query" in described:
+        parameters.append({"in": "query", "schema": described["query"]})
+    if parameters:
+        result["parameters"] = parameters
+    if "body" in described:
+        result["requestBody"] = request_body(*described["body"])
+    errors = [*described["errors"], METHOD_NOT_ALLOWED, UNEXPECTED, *guard(rule.rule, result)]
+    result["responses"] = {"200": answer(*described["answer"]), **error_responses(errors)}
+    return result
+
+
+def path_parameters(app, rule, overrides):
+    """The rule's variables, typed by their converters unless the view says otherwise."""
+    parameters = []
+    for converter, name in RULE_VARIABLE.findall(rule.rule):
+        schema = getattr(app.url_map.converters[converter or "default"], "openapi_schema", {"type": "string"})
+        parameters.append(
+            {"name": name, "in": "path", "required": True, "schema": schema, **overrides.get(name, {})}
+        )
+    return parameters
+
+
+def guard(path, result):
+    """The key and rate-limit errors that identity.security gives on path; set its security."""
+    is_open = path in OPEN_PATHS
+    result["security"] = [] if is_open else KEY_WHEN_SET
+    errors = [] if is_open else [MISSING_KEY]
+    return errors if path in UNLIMITED_PATHS else [*errors, RATE_LIMITED]
+
+
+def request_body(schema, examples):
+    """A required JSON body with named examples."""
+    return {"required": True, "content": {"application/json": media(type(schema), examples)}}
+
+
+def answer(description, schema, examples, media_type, links):
+    """The 200 response."""
+    response = {"description": description, "content": {media_type: media(schema, examples)}}
+    return {**response, "links": links} if links else response
+
+
+def media(schema, examples):
+    """A media type object: the schema and named examples of it."""
+    named = {
+        name: {"summary": summary, "value": value} for name, (summary, value) in (examples or {}).items()
+    }
+    return {"schema": schema, "examples": named} if named else {"schema": schema}
+
+
+def error_responses(errors):
+    """One response per status, in the Error shape, with an example of each error of that status."""
+    by_status = {}
+    for error in errors:
+        by_status.setdefault(str(error.status), []).append(error)
+    return {status: error_response(same) for status, same in sorted(by_status.items())}
+
+
+def error_response(errors):
+    """The response for errors of one status: when each happens, an example of each, their headers."""
+    examples = {error.name: (error.summary, error.value()) for error in errors}
+    response = {
+        "description": "".join(f"{error.summary}. " for error in errors).strip(),
+        "content": {"application/json": media("Error", examples)},
+    }
+    headers = {header: header for error in errors for header in error.headers}  # names of components
+    return {**response, "headers": headers} if headers else response
 
 
 @bp.get("/openapi.json")
+@apidoc.operation("openapi", "This document", ["documentation"])
+@apidoc.answers("OpenAPI 3.0.", {"type": "object"})
 def document():
     """The OpenAPI document."""
-    return build_document()
+    return current_app.extensions["openapi"]
 
 
 @bp.get("/docs")
+@apidoc.operation("docs", "Swagger UI for this document; needs no internet", ["documentation"])
+@apidoc.answers("The page.", {"type": "string"}, media_type="text/html")
 def docs():
     """Swagger UI, reading /openapi.json, with every asset served from this app."""
     return render_template("docs.html")
+
+
+@bp.get(f"/docs/assets/<any({', '.join(map(repr, DOCS_ASSETS))}):filename>")
+@apidoc.operation(
+    "docsAsset",
+    "The files of Swagger UI that /docs loads, from the swagger-ui-bundle package",
+    ["documentation"],
+    filename={"schema": {"type": "string", "enum": list(DOCS_ASSETS)}, "example": "swagger-ui.css"},
+)
+@apidoc.answers("The file.", {"type": "string", "format": "binary"}, media_type="*/*")
+@apidoc.errors(ROUTE_NOT_FOUND)
+def docs_asset(filename):
+    """One of the files /docs loads."""
+    return send_from_directory(swagger_ui_path, filename)
+
+
+def init_app(app):
+    """Serve the document and the docs page; built now, so an undocumented route stops the start."""
+    app.register_blueprint(bp)
+    app.extensions["openapi"] = build_document(app)

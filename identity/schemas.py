@@ -1,4 +1,4 @@
-"""Request validation: normalise the contact details and refuse what cannot be one."""
+"""The API's shapes: requests validated and normalised on the way in, answers as the document shows them."""
 
 import re
 import unicodedata
@@ -8,7 +8,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_sche
 MAX_EMAIL_LENGTH = 254
 PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
 PHONE_NUMBER = re.compile(r"\+?[0-9]{1,20}")
-# The messages the API documents too (identity/openapi.py).
+# What PhoneNumber accepts, for the document: blank (absent), or separators around an optional + and
+# 1 to 20 digits. tests/test_openapi.py checks that it accepts exactly what PhoneNumber does.
+PHONE_PATTERN = (
+    rf"^\s*$|^{PHONE_SEPARATORS.pattern}*(\+{PHONE_SEPARATORS.pattern}*)?"
+    rf"([0-9]{PHONE_SEPARATORS.pattern}*){{1,20}}$"
+)
 NOT_A_PHONE_NUMBER_TYPE = "Must be a string, a non-negative integer or null."
 NEITHER_VALUE = "Give an email, a phoneNumber or both."
 NOT_EXACTLY_ONE = "Give exactly one of email and phoneNumber."
@@ -21,6 +26,14 @@ def is_forbidden_in_email(char):
 
 class Email(fields.Field):
     """An email address: trimmed, lower-cased; empty means absent. No DNS checks."""
+
+    def openapi_property(self, _converted):
+        """A string; `format` hints at an address, which the service checks only loosely."""
+        return {
+            "type": "string",
+            "format": "email",
+            "description": "Trimmed and lower-cased; blank is absent.",
+        }
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
@@ -38,6 +51,19 @@ class Email(fields.Field):
 
 class PhoneNumber(fields.Field):
     """A phone number as a string or a non-negative integer, stored as an optional + and digits."""
+
+    LARGEST_INTEGER = 10**20 - 1
+
+    def openapi_property(self, converted):
+        """A string or a non-negative integer; null on the string branch (3.0 ignores it beside no type)."""
+        text = {"type": "string", "pattern": PHONE_PATTERN}
+        if converted.pop("nullable", False):
+            text["nullable"] = True
+        number = {"type": "integer", "minimum": 0, "maximum": self.LARGEST_INTEGER}
+        return {
+            "anyOf": [text, number],
+            "description": "Stored as an optional + and digits; blank is absent.",
+        }
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -84,3 +110,59 @@ class CustomerQuery(Schema):
         """Refuse a lookup by both values, or by neither once normalised."""
         if (data.get("email") is None) == (data.get("phone_number") is None):
             raise ValidationError(NOT_EXACTLY_ONE)
+
+
+class Contact(Schema):
+    """A consolidated customer."""
+
+    primary_contact_id = fields.Integer(
+        data_key="primaryContatctId",
+        required=True,
+        metadata={"description": "The primary's id; the key keeps the task's spelling."},
+    )
+    emails = fields.List(
+        fields.String(), required=True, metadata={"description": "Distinct, the primary's first."}
+    )
+    phone_numbers = fields.List(
+        fields.String(),
+        data_key="phoneNumbers",
+        required=True,
+        metadata={"description": "Distinct, normalised, the primary's first."},
+    )
+    secondary_contact_ids = fields.List(
+        fields.Integer(),
+        data_key="secondaryContactIds",
+        required=True,
+        metadata={"description": "Ascending."},
+    )
+
+
+class Customer(Schema):
+    """The answer of /identify and of the lookups."""
+
+    contact = fields.Nested(Contact, required=True)
+
+
+class ErrorDetail(Schema):
+    """What went wrong: a stable code for programs, a message for people."""
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    invalid = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        data_key="fields",
+        metadata={"description": "Validation errors only: messages by field name, or `_schema`."},
+    )
+
+
+class Error(Schema):
+    """The one shape of every error."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class Status(Schema):
+    """A health answer."""
+
+    status = fields.String(required=True)

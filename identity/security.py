@@ -13,6 +13,9 @@ from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from identity.apidoc import ErrorExample
+from identity.errors import rate_limit_message
+
 
 # Load balancers and orchestrators probe these without keys, and must never be refused for load.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -24,6 +27,23 @@ class MissingKey(Unauthorized):
     code_name = "unauthorized"
     description = "Send a valid API key as Authorization: Bearer <key>."
 
+
+MISSING_KEY = ErrorExample(
+    401,
+    "unauthorized",
+    "Only while IDENTITY_API_KEYS is set: no valid key",
+    "unauthorized",
+    MissingKey.description,
+    headers=("WWW-Authenticate",),
+)
+RATE_LIMITED = ErrorExample(
+    429,
+    "rate_limited",
+    "Over RATE_LIMIT for this key, or this client address without one",
+    "rate_limited",
+    rate_limit_message("5000 per 1 second"),
+    headers=("Retry-After",),
+)
 
 # A Redis that stops answering must not hold requests for long.
 REDIS_OPTIONS = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}

