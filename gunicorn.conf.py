@@ -8,10 +8,9 @@ bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 
 # Sync workers, two per core. The database runs on the same cores, so a request is CPU-bound
 # end to end; while one worker waits on PostgreSQL another runs Python. Sync workers take the
-# next connection from one shared accept queue, which keeps the load even: measured on this
-# 2-core machine (checkout mix, 1M customers, wrk -c32), 4 sync workers gave about 2,500 req/s
-# with p99 18 ms; gthread with keep-alive about 2,700-2,900 req/s but p99 27-58 ms, because
-# each kept-alive connection is pinned to one worker. 6 or 8 sync workers gave no more.
+# next connection from one shared accept queue, which keeps the load even, where gthread pins each
+# kept-alive connection to one worker and doubled p99; more workers gave no more throughput
+# (README, "Speed", has the measurements).
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 worker_class = "sync"
 
@@ -28,9 +27,8 @@ timeout = 30
 # cut off, and it stays under the 30 s a supervisor commonly waits before it kills (Kubernetes).
 graceful_timeout = 20
 # No keepalive: the sync worker ignores it and closes each connection after its answer; clients keep
-# theirs open to nginx. No max_requests: worker memory stayed at 36 MiB through the three workloads
-# of `make bench` on one server (over 100,000 requests per worker; `make bench-soak` checks longer),
-# and each restart would drop a worker's database connections and prepared statements.
+# theirs open to nginx. No max_requests: worker memory stays flat (`make bench-soak` watches it), and
+# each restart would drop a worker's database connections and prepared statements.
 # nginx refuses request lines and header lines over 4 KiB with a JSON error. These line limits are
 # looser, so gunicorn never refuses a line nginx passed on with its own plain-text 400. The number
 # of header fields nginx does not bound: past 100, gunicorn answers with that plain-text 400.
