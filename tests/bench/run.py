@@ -9,6 +9,7 @@ checkout and on each git ref (a worktree of it), taking turns, so all see the sa
 """
 
 import argparse
+import configparser
 import contextlib
 import json
 import os
@@ -89,7 +90,7 @@ def service(app, database_url=None, root=ROOT):
     if database_url:
         env["DATABASE_URL"] = database_url
     command = [
-        str(ROOT / ".venv/bin/gunicorn"),
+        str(root / ".venv/bin/gunicorn"),
         "-c",
         str(root / "gunicorn.conf.py"),
         "--pythonpath",
@@ -272,13 +273,40 @@ def soak(args):
 
 @contextlib.contextmanager
 def worktree(ref):
-    """A checkout of the git ref beside this one, removed afterwards."""
+    """A checkout of the git ref beside this one, with its own dependencies, removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="identity-bench-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True)
     try:
+        install_dependencies(path)
         yield path
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=True)
+
+
+def install_dependencies(root):
+    """A virtual environment in root with what root's code needs, as its own files name them.
+
+    A ref may need other libraries than this checkout (an older one Flask-Limiter, say), so each has
+    its own: from its lock file where it has one, else from its setup.cfg (releases before the locks).
+    """
+    python = str(root / ".venv/bin/python")
+    subprocess.run([sys.executable, "-m", "venv", str(root / ".venv")], check=True)
+    lock = root / "requirements" / "app.txt"
+    requirements = ["-r", str(lock)] if lock.exists() else setup_cfg_requirements(root)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", *requirements], check=True)
+
+
+def setup_cfg_requirements(root):
+    """install_requires of root's setup.cfg."""
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    return config["options"]["install_requires"].split()
+
+
+def migrate_with(root, url):
+    """Migrate url as root's own code does: releases side by side on one database, as in a rolling deploy."""
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run([str(root / ".venv/bin/flask"), "--app", "wsgi", "migrate"], cwd=root, env=env, check=True)
 
 
 def measured_checkout(customers, seconds, master):
@@ -295,6 +323,8 @@ def compare(args):
     with contextlib.ExitStack() as stack:
         roots = {"this checkout": ROOT} | {ref: stack.enter_context(worktree(ref)) for ref in args.compare}
         url = stack.enter_context(bench_database(customers))
+        for root in roots.values():
+            migrate_with(root, url)
         runs = {name: [] for name in roots}
         for _ in range(args.repeat):
             for name, root in roots.items():
