@@ -1,4 +1,4 @@
-"""Schema migrations: numbered SQL files applied once each, then the functions re-created."""
+"""Schema migrations: numbered SQL files, tables and versioned functions alike, applied once each."""
 
 import psycopg2
 from psycopg2 import errors, sql
@@ -7,7 +7,6 @@ from psycopg2.extensions import parse_dsn
 from identity.queries import QUERIES, SQL_DIR
 
 MIGRATIONS_DIR = SQL_DIR / "migrations"
-FUNCTIONS_DIR = SQL_DIR / "functions"
 
 
 def pending(applied):
@@ -16,7 +15,7 @@ def pending(applied):
 
 
 def migrate(conn):
-    """Apply pending migrations and re-create the functions, all in one transaction; return names."""
+    """Apply the pending migrations, all in one transaction; return their names."""
     with conn.cursor() as cur:
         cur.execute(QUERIES["lock_migrations"])
         cur.execute(QUERIES["create_migration_table"])
@@ -25,8 +24,6 @@ def migrate(conn):
         for path in todo:
             cur.execute(path.read_text())
             cur.execute(QUERIES["record_migration"], {"version": path.stem})
-        for path in sorted(FUNCTIONS_DIR.glob("*.sql")):
-            cur.execute(path.read_text())
     conn.commit()
     return [path.stem for path in todo]
 

@@ -1,23 +1,9 @@
 """Contacts in PostgreSQL: every function takes a connection first and never commits.
 
-Reconciliation runs as one statement, the `identify` function in sql/functions/identify.sql, so a
-request costs one round trip and one short transaction. Its concurrency control:
-
-* Fast path. One statement, one snapshot: if the contacts that match belong to one customer that
-  already holds every value the request carries, the answer is read from that snapshot and nothing
-  is locked or written. A read of one consistent snapshot is a valid place in a serial order.
-* First orders. Row locks cannot guard rows that do not exist yet, so a request that may write
-  first takes transaction-level advisory locks on its email and phone number (keys hashed from the
-  values, the smaller key first, so two requests never hold one key each while waiting for the
-  other's). Until it commits, no other request can insert a row with those values; fifty requests
-  with one new email queue, and only the first inserts a primary.
-* Merges. Every change to a customer is made while holding its primary's row lock. After the
-  advisory locks, a fresh snapshot finds the customers again and their primaries are locked
-  `FOR UPDATE` in id order, so racing merges queue instead of deadlocking. If a primary was demoted
-  while we waited, it fails the re-checked WHERE clause; rather than lock its new primary out of
-  order, the function raises serialization_failure and the caller retries the whole transaction.
-* Advisory locks are always taken before row locks, and each kind in a fixed order, so no cycle of
-  waits can form; a deadlock the server still reports is retried like a serialization failure.
+Reconciliation runs as one statement, the versioned `identify_v1` function, so a request costs one
+round trip and one short transaction. How it stays correct under races (advisory locks on the
+identifiers, then the primaries' row locks in id order, serialization_failure to retry) is explained
+in full beside its code, in sql/migrations/0002_identify_v1.sql.
 """
 
 import weakref

@@ -11,6 +11,16 @@ def all_contacts(conn):
         return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
 
+def functions(conn):
+    """{name: the transaction that last wrote its definition} of every function in schema public."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT p.proname, p.xmin::text FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+        )
+        return dict(cur.fetchall())
+
+
 def identify(client, email=None, phone_number=None, **body):
     """POST /identify with the given values; return (status, json)."""
     payload = {"email": email, "phoneNumber": phone_number, **body}

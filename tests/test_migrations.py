@@ -10,6 +10,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 
 from conftest import drop_database
+from helpers import functions
 from identity.migrations import MIGRATIONS_DIR, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,26 @@ def test_migrate_applies_every_file_once_and_then_nothing(empty_database_url):
     finally:
         conn.close()
     assert applied_versions(empty_database_url) == every
+
+
+def test_a_fresh_database_gets_versioned_functions_that_no_later_migrate_replaces(empty_database_url):
+    """Hosts of two releases may share the functions, so a migrate with nothing to apply leaves them be."""
+    conn = psycopg2.connect(empty_database_url)
+    try:
+        migrate(conn)
+        created = functions(conn)
+        conn.commit()
+        assert migrate(conn) == []
+        assert functions(conn) == created
+    finally:
+        conn.close()
+    # The unversioned functions of the releases before were never created here.
+    assert set(created) == {
+        "identify_v1",
+        "customer_json_v1",
+        "matching_customers_v1",
+        "customer_contacts_v1",
+    }
 
 
 def test_the_cli_command_reports_an_up_to_date_database(runner):

@@ -1,7 +1,7 @@
 """Every statement the service runs reads the contact table through an index, on a million rows.
 
 auto_explain reports the plan of each statement as a notice, nested ones too: the statements of
-identify() and of the SQL functions it calls, and the foreign-key checks its writes fire. So the
+identify_v1() and of the SQL functions it calls, and the foreign-key checks its writes fire. So the
 plans checked are the plans the server really ran, not plans of hand-copied statements.
 """
 
@@ -54,9 +54,9 @@ EXPLAIN_EVERYTHING = [
 ]
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}
 
-# The statements of identify(), each known by a fragment of its text.
+# The statements of identify_v1(), each known by a fragment of its text.
 STATEMENTS = {
-    "identify": "FROM identify(",
+    "identify": "FROM identify_v1(",
     "fast path": "HAVING count(*) = 1",
     "advisory locks": "pg_advisory_xact_lock(",
     "match again": "array_agg(m.primary_id",
@@ -227,7 +227,7 @@ def expected_indexes(email_value, phone_value):
 @pytest.mark.parametrize("mode", PLAN_CACHE_MODES)
 @pytest.mark.parametrize("path", PATHS)
 def test_identify_reads_contacts_only_through_indexes(big_database_url, fresh, path, mode):
-    """Each path of identify(), under each kind of cached plan, scans contact only through indexes."""
+    """Each path of identify_v1(), under each kind of cached plan, scans contact only through indexes."""
     must_run, request = PATHS[path]
     conn = explaining_connection(big_database_url, f"SET plan_cache_mode = {mode}")
     try:
@@ -255,7 +255,7 @@ def test_ping_reads_no_table(big_database_url):
 
 
 def test_the_check_sees_sequential_scans_in_nested_statements(big_database_url):
-    """With index scans disabled the check fails, so it can fail, and it looks inside identify()."""
+    """With index scans disabled the check fails, so it can fail, and it looks inside identify_v1()."""
     settings = ["SET enable_indexscan = off", "SET enable_indexonlyscan = off", "SET enable_bitmapscan = off"]
     conn = explaining_connection(big_database_url, *settings)
     try:

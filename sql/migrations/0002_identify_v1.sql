@@ -1,18 +1,49 @@
--- Reconciliation, kept in the database so that a request costs one statement.
--- `make migrate` re-creates these functions after the numbered migrations, so edit them here.
+-- Reconciliation, version 1, kept in the database so that a request costs one statement.
 --
--- How the locking works (the repository module's docstring says why):
---   1. Fast path: one statement reads the customers that match; when there is one and the request
---      brings no new value, that snapshot is the answer and nothing is locked or written.
---   2. Otherwise take transaction-level advisory locks on the request's identifiers, smaller key
---      first; then, in a fresh snapshot, find the matching customers again.
---   3. Lock their primaries FOR UPDATE in id order. A primary demoted while we waited drops out of
---      the locked set; then raise serialization_failure and the caller retries the transaction.
---   4. Merge into the oldest primary, insert a secondary if a value is new, answer.
+-- Released migrations are never edited, and these functions are never replaced in place: during a
+-- rolling deploy hosts of two releases call them at once. A change is a new version (identify_v2,
+-- beside identify_v1) created by a new migration; the old version is dropped by the migration of
+-- a later release, once no release that calls it can still be serving (README, "The data").
+-- A version calls only the versions of other functions it was written with, so its answer never
+-- changes under it.
+--
+-- How identify_v1 stays correct when requests race (the one full explanation; the repository
+-- module and the README point here):
+--
+--   1. Fast path. One statement, so one snapshot, finds the customers that match. When there is
+--      exactly one and it already holds every value the request carries, the answer is read from
+--      that snapshot and nothing is locked or written. A read of one consistent snapshot is a
+--      valid place in a serial order, and most checkouts are returning customers.
+--   2. Identifier locks. Otherwise the request may write, and rows that do not exist yet cannot be
+--      row-locked. So it takes transaction-level advisory locks on its email and its phone number,
+--      keys hashed from the values, the smaller key first, so two requests never hold one key
+--      each while waiting for the other's. Until it commits, no other request can add a row with
+--      either value: simultaneous first orders with one new email queue, and only the first
+--      inserts a primary.
+--   3. Customer locks. Every change to a customer is made while holding its primary's row lock.
+--      After the advisory locks, a fresh snapshot finds the matching customers again and their
+--      primaries are locked FOR UPDATE in id order, so racing merges queue instead of deadlocking,
+--      and the customers touched are frozen. A primary demoted while we waited (another request
+--      merged it) fails the re-checked WHERE linked_id IS NULL; rather than lock its new primary
+--      out of order, the function raises serialization_failure and the caller retries the whole
+--      transaction (identity/retrying.py).
+--   4. Merge and insert. The primary with the earliest (created_at, id) survives; the others
+--      become its secondaries and their secondaries are relinked to it in the same UPDATE, so
+--      there is never a chain. If the request carries a value the customer lacks, a secondary
+--      with the request's values is inserted.
+--
+-- Advisory locks are always taken before row locks, and each kind in a fixed order, so no cycle
+-- of waits can form; a deadlock the server still reports is retried like a serialization failure.
+--
+-- The lock keys and their order are a contract between versions, not a detail of one: every
+-- version of identify that may serve beside another must take the same locks in the same order,
+-- or two hosts of different releases could both insert a primary for one new email. That includes
+-- the unversioned identify() of the releases before this migration, whose hosts keep serving
+-- during the deploy onto it: the keys below are computed exactly as it computes them.
 
 
 -- The live customers that hold the email or the phone number, and which of the two each holds.
-CREATE OR REPLACE FUNCTION matching_customers(
+CREATE FUNCTION matching_customers_v1(
     p_email text, p_phone_number text,
     OUT primary_id bigint, OUT has_email boolean, OUT has_phone_number boolean)
 RETURNS SETOF record
@@ -31,7 +62,7 @@ $$;
 
 
 -- Every live contact of a customer, found by walking linked_id down from its primary.
-CREATE OR REPLACE FUNCTION customer_contacts(p_primary_id bigint)
+CREATE FUNCTION customer_contacts_v1(p_primary_id bigint)
 RETURNS SETOF contact
 LANGUAGE sql STABLE AS $$
     WITH RECURSIVE member AS (
@@ -50,8 +81,8 @@ $$;
 
 -- The consolidated customer, in the shape POST /identify answers with.
 -- plpgsql rather than SQL: PostgreSQL 15 plans a SQL function's body anew on every call from
--- another statement, while plpgsql keeps the plan for the session (measured: about 5x faster).
-CREATE OR REPLACE FUNCTION customer_json(p_primary_id bigint)
+-- another statement, while plpgsql keeps the plan for the session (README, "Speed").
+CREATE FUNCTION customer_json_v1(p_primary_id bigint)
 RETURNS json
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -59,7 +90,7 @@ BEGIN
         WITH member AS (
             SELECT c.id, c.email, c.phone_number, c.linked_id,
                    row_number() OVER (ORDER BY c.linked_id IS NOT NULL, c.created_at, c.id) AS position
-            FROM customer_contacts(p_primary_id) c
+            FROM customer_contacts_v1(p_primary_id) c
         )
         SELECT json_build_object(
             'primaryContatctId', p_primary_id,
@@ -82,7 +113,7 @@ $$;
 
 -- Link the request's contact details into one customer and answer with it.
 -- created: 'primary', 'secondary' or NULL; merged: the primaries demoted into the survivor.
-CREATE OR REPLACE FUNCTION identify(
+CREATE FUNCTION identify_v1(
     p_email text, p_phone_number text,
     OUT contact json, OUT created text, OUT merged bigint[])
 LANGUAGE plpgsql AS $$
@@ -91,13 +122,15 @@ DECLARE
     locked_ids bigint[];
     knows_all boolean;
     survivor bigint;
+    -- The same keys as every other version of identify, so that hosts of two releases exclude
+    -- each other (see the top of this file): the prefixes and the hash are part of the contract.
     email_key bigint := hashtextextended('email ' || p_email, 0);
     phone_key bigint := hashtextextended('phone ' || p_phone_number, 0);
 BEGIN
     merged := '{}';
     -- Fast path, in one snapshot: one customer already holds every value the request carries.
-    SELECT customer_json(min(m.primary_id)) INTO contact
-    FROM matching_customers(p_email, p_phone_number) m
+    SELECT customer_json_v1(min(m.primary_id)) INTO contact
+    FROM matching_customers_v1(p_email, p_phone_number) m
     HAVING count(*) = 1
        AND (p_email IS NULL OR bool_or(m.has_email))
        AND (p_phone_number IS NULL OR bool_or(m.has_phone_number));
@@ -118,7 +151,7 @@ BEGIN
            (p_email IS NULL OR coalesce(bool_or(m.has_email), false))
            AND (p_phone_number IS NULL OR coalesce(bool_or(m.has_phone_number), false))
     INTO customer_ids, knows_all
-    FROM matching_customers(p_email, p_phone_number) m;
+    FROM matching_customers_v1(p_email, p_phone_number) m;
 
     IF customer_ids IS NULL THEN
         INSERT INTO contact (email, phone_number, link_precedence)
@@ -158,6 +191,6 @@ BEGIN
         END IF;
     END IF;
 
-    contact := customer_json(survivor);
+    contact := customer_json_v1(survivor);
 END
 $$;
