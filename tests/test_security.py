@@ -1,11 +1,12 @@
 """Who may call: API keys, rate limits per key or per client address, and trusted proxies.
 
-Rate-limit counts in Redis go to the machine's Redis on 127.0.0.1:6379 (.ci/run starts it), under
-a key prefix of the test's own that the test deletes afterwards.
+Rate-limit counts in Redis go to TEST_REDIS_URL when it is set, else to a Redis the tests start
+on a free loopback port, under a key prefix of the test's own that the test deletes afterwards.
 """
 
 import hmac
 import json
+import os
 import sys
 import threading
 import time
@@ -15,16 +16,26 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 from flask_limiter import Limiter
-from servers import free_port, post_json, start_gunicorn, stop
+from servers import HOST, free_port, post_json, start_gunicorn, start_redis, stop
 
 from conftest import make_app
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 # Counted in a worker, windows are aligned on the clock: a day's is all but never crossed by a test.
 DAY = 24 * 3600
 KEYS = "first-key-0123456789, second-key-9876543210"
 FIRST, SECOND = (key.strip() for key in KEYS.split(","))
 BODY = {"email": "lorraine@hillvalley.edu"}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """TEST_REDIS_URL when set, else a Redis of the tests' own on a free loopback port, stopped at the end."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    process, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://{HOST}:{port}/0"
+    stop(process)
 
 
 def bearer(key):
@@ -215,27 +226,27 @@ def test_x_forwarded_for_is_honoured_for_exactly_the_trusted_hops(make, capsys, 
 
 
 @pytest.fixture
-def redis_prefix():
-    """A rate-limit key prefix of this test's own in the shared Redis; its keys are deleted afterwards."""
+def redis_prefix(redis_url):
+    """A rate-limit key prefix of this test's own in the tests' Redis; its keys are deleted afterwards."""
     prefix = f"identity-test-{uuid.uuid4().hex[:12]}"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"*{prefix}*"))
     if keys:
         client.delete(*keys)
 
 
-@pytest.mark.parametrize("storage, shared", [(REDIS_URL, True), ("memory://", False)])
-def test_counts_are_shared_between_app_instances_through_redis_only(make, redis_prefix, storage, shared):
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "memory"])
+def test_counts_are_shared_between_app_instances_through_redis_only(make, redis_url, redis_prefix, shared):
     settings = {
         "RATE_LIMIT": "4 per day",
-        "RATELIMIT_STORAGE_URL": storage,
+        "RATELIMIT_STORAGE_URL": redis_url if shared else "memory://",
         "RATELIMIT_KEY_PREFIX": redis_prefix,
     }
     first, second = make(**settings), make(**settings)
     assert [post(app).status_code for app in (first, second, first, second)] == [200] * 4
     assert post(second).status_code == (429 if shared else 200)
-    keys = redis.Redis.from_url(REDIS_URL).keys(f"*{redis_prefix}*")
+    keys = redis.Redis.from_url(redis_url).keys(f"*{redis_prefix}*")
     assert len(keys) == (1 if shared else 0)
 
 
@@ -249,9 +260,9 @@ def test_with_redis_unreachable_limits_fail_open_to_each_process(make, capsys, r
 
 
 @pytest.mark.slow
-def test_four_gunicorn_workers_share_one_limit_through_redis(database_url, tmp_path, redis_prefix):
+def test_four_gunicorn_workers_share_one_limit_through_redis(database_url, tmp_path, redis_url, redis_prefix):
     port = free_port()
-    settings = {"RATE_LIMIT": "20 per minute", "RATELIMIT_STORAGE_URL": REDIS_URL}
+    settings = {"RATE_LIMIT": "20 per minute", "RATELIMIT_STORAGE_URL": redis_url}
     settings.update(RATELIMIT_KEY_PREFIX=redis_prefix, DATABASE_URL=database_url, WEB_CONCURRENCY=4)
     process, _ = start_gunicorn(tmp_path, port, **settings)
     try:
