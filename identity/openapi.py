@@ -19,7 +19,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from identity import DEFAULTS, errors, schemas
 from identity.errors import MalformedJSON, NotJSON
 from identity.schemas import PHONE_SEPARATORS, CustomerQuery, Email, IdentifyRequest, PhoneNumber
-from identity.security import OPEN_PATHS, UNLIMITED_PATHS, MissingKey
+from identity.api_keys import OPEN_PATHS, MissingKey
+from identity.rate_limit import UNLIMITED_PATHS
 from identity.views import MAX_CONTACT_ID, NO_CONTACT_WITH_ID
 
 bp = Blueprint(
