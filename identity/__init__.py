@@ -12,7 +12,7 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Comma-separated bearer keys; empty means no key is needed.
     "IDENTITY_API_KEYS": "",
-    # Flask-Limiter's limit per API key (or per client address without one), across all routes.
+    # Requests allowed per API key (or per client address without one), across all routes.
     "RATE_LIMIT": "5000 per second",
     # redis://host:port/db to share counts across workers and machines; memory:// keeps them per worker.
     "RATELIMIT_STORAGE_URL": "memory://",
@@ -35,13 +35,27 @@ def settings_from_environment():
 
 def create_app(overrides=None):
     """Build the app from the environment, then from overrides (tests pass those)."""
-    from identity import cli, db, errors, json_body, observability, openapi, security, views
+    from identity import (
+        api_keys,
+        cli,
+        db,
+        errors,
+        json_body,
+        observability,
+        openapi,
+        proxies,
+        rate_limit,
+        views,
+    )
 
     app = Flask(__name__, static_folder=None)  # no /static route: nothing is served from there
     app.config.update(settings_from_environment())
     app.config.update(overrides or {})
     observability.init_app(app)
-    security.init_app(app)
+    proxies.init_app(app)
+    # The limit counts a request before its key is checked, so guessing keys is limited too.
+    rate_limit.init_app(app)
+    api_keys.init_app(app)
     json_body.init_app(app)
     errors.init_app(app)
     db.init_app(app)

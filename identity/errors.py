@@ -1,8 +1,7 @@
 """One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
 
 import psycopg2
-from flask import current_app, g, jsonify
-from flask_limiter import RateLimitExceeded
+from flask import current_app, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
@@ -74,21 +73,10 @@ def too_large(error):
 
 
 def http_error(error):
-    """Routing, method and media-type errors, keeping headers such as Allow."""
+    """Routing, method, media-type, key and rate-limit errors, keeping headers (Allow, Retry-After)."""
     code = getattr(error, "code_name", None) or error.name.lower().replace(" ", "_")
     headers = [(k, v) for k, v in error.get_headers() if k.lower() != "content-type"]
     return error_response(error.code, code, error.description, headers=headers)
-
-
-def rate_limited(error):
-    """Flask-Limiter's 429, in our shape, with the seconds until the caller's window ends."""
-    message = rate_limit_message(error.description)
-    return error_response(429, "rate_limited", message, headers={"Retry-After": str(g.get("retry_after", 1))})
-
-
-def rate_limit_message(limit):
-    """What a 429 says for a limit as Flask-Limiter writes it ("5000 per 1 second")."""
-    return f"Too many requests: the limit is {limit}."
 
 
 def invalid_fields(error):
@@ -115,7 +103,6 @@ def init_app(app):
     """Register the handlers on the app, so routing's own 404 and 405 use them too."""
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RequestEntityTooLarge, too_large)
-    app.register_error_handler(RateLimitExceeded, rate_limited)
     app.register_error_handler(ValidationError, invalid_fields)
     for unavailable in (psycopg2.OperationalError, psycopg2.InterfaceError, PoolExhausted, TooMuchContention):
         app.register_error_handler(unavailable, database_unavailable)

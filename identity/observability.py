@@ -71,10 +71,9 @@ class StderrHandler(logging.StreamHandler):
 
 def configure_logging(level):
     """Send every log line of the process to stderr as JSON, at level; a second call replaces the first."""
-    # Nothing here logs the caller's source line, thread or process name, so logging need not look
-    # them up for every record (the logging HOWTO's "Optimization"); the pid is read when formatting.
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # No line shows a thread or multiprocessing name, so logging need not look them up for every
+    # record (the logging HOWTO's "Optimization"). Process ids stay: gunicorn's own lines show them.
+    logging.logThreads = logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(handler)
@@ -95,14 +94,24 @@ def finish_request(response):
     """Echo the request id, count the request, and write its access line."""
     seconds = time.perf_counter() - g.started
     response.headers["X-Request-ID"] = g.request_id
-    req = request._get_current_object()  # once: every access through the proxy costs a lookup
-    route = req.url_rule.rule if req.url_rule else "unmatched"
-    method = req.method if req.method in KNOWN_METHODS else "other"
-    metrics.observe_request(route, method, response.status_code, seconds)
-    fields = {"method": req.method, "path": req.path, "status": response.status_code}
-    fields.update(duration_ms=round(seconds * 1000, 3), client=req.remote_addr)
-    access_log.info("request", extra={"fields": fields})
+    rule, method = request.url_rule, request.method
+    route = rule.rule if rule else "unmatched"
+    known_method = method if method in KNOWN_METHODS else "other"
+    metrics.observe_request(route, known_method, response.status_code, seconds)
+    fields = {"method": method, "path": request.path, "status": response.status_code}
+    fields.update(duration_ms=round(seconds * 1000, 3), client=request.remote_addr)
+    log_info(access_log, "request", fields)
     return response
+
+
+def log_info(logger, message, fields):
+    """Log message with fields at INFO, as logger.info would but for finding the caller's source line."""
+    # logger.info searches the stack for the line that called it, for every record; no line shows it.
+    if logger.isEnabledFor(logging.INFO):
+        record = logger.makeRecord(
+            logger.name, logging.INFO, "", 0, message, (), None, extra={"fields": fields}
+        )
+        logger.handle(record)
 
 
 def record_outcome(outcome, wanted):
@@ -113,10 +122,7 @@ def record_outcome(outcome, wanted):
         metrics.MERGES.inc(len(outcome.merged))
         survivor = outcome.contact["primaryContatctId"]
         joined_by = {"email": wanted["email"], "phoneNumber": wanted["phone_number"]}
-        merge_log.info(
-            "customers merged",
-            extra={"fields": {"survivor": survivor, "merged": outcome.merged, **joined_by}},
-        )
+        log_info(merge_log, "customers merged", {"survivor": survivor, "merged": outcome.merged, **joined_by})
 
 
 def init_app(app):

@@ -2,7 +2,7 @@
 
 Every route of the app is walked (app.url_map), so a route without a description stops the app at
 start. What every route shares is added here: the 405 and 500 every route may give, and the key
-(401) and rate limit (429) that identity.security enforces on all but a few paths.
+(401) and rate limit (429) that identity.api_keys and identity.rate_limit apply to most paths.
 Swagger UI's files come from the swagger-ui-bundle package, so /docs works with no internet.
 """
 
@@ -14,8 +14,9 @@ from flask import Blueprint, current_app, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from identity import apidoc, schemas
+from identity.api_keys import MISSING_KEY, OPEN_PATHS
 from identity.errors import METHOD_NOT_ALLOWED, ROUTE_NOT_FOUND, UNEXPECTED
-from identity.security import MISSING_KEY, OPEN_PATHS, RATE_LIMITED, UNLIMITED_PATHS
+from identity.rate_limit import RATE_LIMITED, UNLIMITED_PATHS
 
 # Swagger UI 4 renders OpenAPI 3.0 only, so null is `nullable`, not a type.
 OPENAPI_VERSION = "3.0.3"
@@ -133,7 +134,7 @@ def path_parameters(app, rule, overrides):
 
 
 def guard(path, result):
-    """The key and rate-limit errors that identity.security gives on path; set its security."""
+    """The key (api_keys) and rate-limit (rate_limit) errors that path may give; set its security."""
     is_open = path in OPEN_PATHS
     result["security"] = [] if is_open else KEY_WHEN_SET
     errors = [] if is_open else [MISSING_KEY]

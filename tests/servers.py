@@ -162,9 +162,9 @@ def start_nginx(prefix, log, upstream_port, **directives):
     return process, port
 
 
-def start_redis(tmp_path):
-    """A Redis of the test's own, keeping nothing on disk; returns (process, port)."""
-    port = free_port()
+def start_redis(tmp_path, port=None):
+    """A Redis of the test's own on port (or a free one), nothing kept on disk; returns (process, port)."""
+    port = port or free_port()
     log = tmp_path / f"redis-{port}.log"
     command = [program("redis-server"), "--bind", HOST, "--port", str(port)]
     command += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]

@@ -242,3 +242,13 @@ def test_metrics_add_up_over_all_gunicorn_workers_and_outlive_a_worker(gunicorn)
     assert process.poll() is None
     for _ in range(8):
         assert metrics_of(port)[identify_200] == GUNICORN_REQUESTS
+
+
+@pytest.mark.slow
+def test_gunicorns_own_lines_keep_their_process_ids(database_url, tmp_path):
+    # The app turns off some of logging's per-record look-ups; gunicorn's lines need the process id.
+    process, log = start_gunicorn(tmp_path, free_port(), DATABASE_URL=database_url, WEB_CONCURRENCY=2)
+    stop(process)
+    text = log.read_text()
+    assert "Logging error" not in text
+    assert len(re.findall(r"\[(\d+)\] \[INFO\] Worker exiting \(pid: \1\)", text)) == 2, text

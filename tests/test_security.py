@@ -1,11 +1,14 @@
 """Who may call: API keys, rate limits per key or per client address, and trusted proxies.
 
-Rate-limit counts in Redis go to the machine's Redis on 127.0.0.1:6379 (.ci/run starts it), under
-a key prefix of the test's own that the test deletes afterwards.
+Rate-limit counts in Redis go to TEST_REDIS_URL when it is set, else to a Redis the tests start
+on a free loopback port, under a key prefix of the test's own that the test deletes afterwards.
+Tests that stop Redis, or count every command it runs, start one of their own.
 """
 
 import hmac
 import json
+import os
+import socket
 import sys
 import threading
 import time
@@ -14,17 +17,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from flask_limiter import Limiter
-from servers import free_port, post_json, start_gunicorn, stop
+from limits.storage import storage_from_string
+from servers import HOST, free_port, post_json, start_gunicorn, start_redis, stop
 
 from conftest import make_app
+from identity.rate_limit import REDIS_OPTIONS, FailOpen, MemoryCounts
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-# Counted in a worker, windows are aligned on the clock: a day's is all but never crossed by a test.
+# A window starts at a caller's first request in it: a day's is never crossed by a test.
 DAY = 24 * 3600
 KEYS = "first-key-0123456789, second-key-9876543210"
 FIRST, SECOND = (key.strip() for key in KEYS.split(","))
 BODY = {"email": "lorraine@hillvalley.edu"}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """TEST_REDIS_URL when set, else a Redis of the tests' own on a free loopback port, stopped at the end."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    process, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://{HOST}:{port}/0"
+    stop(process)
 
 
 def bearer(key):
@@ -141,25 +155,33 @@ def test_over_the_limit_a_client_address_gets_a_json_429_with_retry_after(make):
     assert post(app, address="10.0.0.2").status_code == 200
 
 
-def test_within_the_limit_flask_limiters_full_check_is_skipped_and_a_breach_takes_it(make, monkeypatch):
-    full_checks = []
-    full_check = Limiter._check_request_limit
+def redis_commands(client):
+    """{command: times run} since the server's statistics were last reset, but for INFO and CONFIG."""
+    stats = client.info("commandstats")
+    counted = {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in stats.items()}
+    return {name: calls for name, calls in counted.items() if not name.startswith(("info", "config"))}
 
-    def counted_full_check(*args, **kwargs):
-        full_checks.append(1)
-        return full_check(*args, **kwargs)
 
-    monkeypatch.setattr(Limiter, "_check_request_limit", counted_full_check)
-    app = make(RATE_LIMIT="3 per day")
-    assert [post(app).status_code for _ in range(3)] == [200] * 3
-    assert full_checks == []
-    assert_rate_limited(post(app), DAY)
-    assert full_checks == [1]
+def test_each_request_takes_one_redis_round_trip_per_limit(make, tmp_path):
+    # A Redis of this test's own: it counts every command run on it.
+    process, port = start_redis(tmp_path)
+    try:
+        client = redis.Redis(host=HOST, port=port)
+        app = make(RATE_LIMIT="1000 per day;1000 per hour", RATELIMIT_STORAGE_URL=f"redis://{HOST}:{port}/0")
+        assert post(app).status_code == 200  # loads limits' counting script into Redis
+        client.config_resetstat()
+        assert [post(app).status_code for _ in range(5)] == [200] * 5
+        # One script call per limit, each a round trip; its INCRBY runs inside Redis (and its EXPIRE
+        # only on the first count of a window).
+        assert redis_commands(client) == {"evalsha": 10, "incrby": 10}
+        assert sorted(int(client.get(key)) for key in client.keys("*")) == [6, 6]
+    finally:
+        stop(process)
 
 
 @pytest.mark.parametrize("storage", ["memory://", "unreachable redis"])
 def test_counting_in_memory_starts_no_thread_per_request(make, monkeypatch, storage):
-    # With Redis unreachable, the counts go to Flask-Limiter's in-memory fail-over.
+    # With Redis unreachable, the counts go to each worker's memory.
     url = f"redis://127.0.0.1:{free_port()}/0" if storage == "unreachable redis" else storage
     app = make(RATE_LIMIT="1000 per second", RATELIMIT_STORAGE_URL=url)
     post(app)
@@ -215,43 +237,162 @@ def test_x_forwarded_for_is_honoured_for_exactly_the_trusted_hops(make, capsys, 
 
 
 @pytest.fixture
-def redis_prefix():
-    """A rate-limit key prefix of this test's own in the shared Redis; its keys are deleted afterwards."""
+def redis_prefix(redis_url):
+    """A rate-limit key prefix of this test's own in the tests' Redis; its keys are deleted afterwards."""
     prefix = f"identity-test-{uuid.uuid4().hex[:12]}"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"*{prefix}*"))
     if keys:
         client.delete(*keys)
 
 
-@pytest.mark.parametrize("storage, shared", [(REDIS_URL, True), ("memory://", False)])
-def test_counts_are_shared_between_app_instances_through_redis_only(make, redis_prefix, storage, shared):
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "memory"])
+def test_counts_are_shared_between_app_instances_through_redis_only(make, redis_url, redis_prefix, shared):
     settings = {
         "RATE_LIMIT": "4 per day",
-        "RATELIMIT_STORAGE_URL": storage,
+        "RATELIMIT_STORAGE_URL": redis_url if shared else "memory://",
         "RATELIMIT_KEY_PREFIX": redis_prefix,
     }
     first, second = make(**settings), make(**settings)
     assert [post(app).status_code for app in (first, second, first, second)] == [200] * 4
     assert post(second).status_code == (429 if shared else 200)
-    keys = redis.Redis.from_url(REDIS_URL).keys(f"*{redis_prefix}*")
+    keys = redis.Redis.from_url(redis_url).keys(f"*{redis_prefix}*")
     assert len(keys) == (1 if shared else 0)
+
+
+def log_lines(text, level):
+    """The JSON log lines at level among the lines of text."""
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["level"] == level]
 
 
 def test_with_redis_unreachable_limits_fail_open_to_each_process(make, capsys, redis_prefix):
     unreachable = f"redis://127.0.0.1:{free_port()}/0"
     app = make(RATE_LIMIT="2 per day", RATELIMIT_STORAGE_URL=unreachable, RATELIMIT_KEY_PREFIX=redis_prefix)
     assert [post(app).status_code for _ in range(3)] == [200, 200, 429]
-    warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"WARNING"' in line]
-    # Flask-Limiter says so once, in its own words, as a JSON line like every other.
+    warnings = log_lines(capsys.readouterr().err, "WARNING")
+    # Said once for the outage, not once per request, as a JSON line like every other.
     assert len(warnings) == 1 and "storage unreachable" in warnings[0]["message"].lower()
 
 
+def test_counts_go_back_to_redis_once_it_answers_again(make, tmp_path, capsys):
+    process, port = start_redis(tmp_path)
+    url, client = f"redis://{HOST}:{port}/0", redis.Redis(host=HOST, port=port)
+    try:
+        first, second = (make(RATE_LIMIT="1000 per day", RATELIMIT_STORAGE_URL=url) for _ in range(2))
+        assert post(first).status_code == 200
+        assert [int(client.get(key)) for key in client.keys("*")] == [1]
+        stop(process)
+        assert [post(first).status_code for _ in range(3)] == [200] * 3  # failed open
+        process, _ = start_redis(tmp_path, port)  # empty: it kept nothing on disk
+        await_count_in_redis(first, client)
+        # Shared again: both instances count into the one key.
+        for app in (second, first, second):
+            assert post(app).status_code == 200
+        assert [int(client.get(key)) for key in client.keys("*")] == [4]
+    finally:
+        stop(process)
+    # Said once when Redis went away, once when it came back.
+    output = capsys.readouterr().err
+    warnings = [line["message"] for line in log_lines(output, "WARNING")]
+    assert len(warnings) == 1 and warnings[0].startswith("rate-limit storage unreachable")
+    back = [line["message"] for line in log_lines(output, "INFO") if line["logger"] == "identity.rate_limit"]
+    assert back == ["rate-limit storage answers again: counting there"]
+
+
+def await_count_in_redis(app, client, seconds=30):
+    """Post through app until a count appears in Redis: it is tried again after a pause of its own."""
+    deadline = time.monotonic() + seconds
+    while not client.keys("*"):
+        assert time.monotonic() < deadline, f"the counts did not go back to Redis within {seconds} s"
+        assert post(app).status_code == 200
+        time.sleep(0.1)
+    assert [int(client.get(key)) for key in client.keys("*")] == [1]
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers; yields (its URL, connections accepted)."""
+    server = socket.create_server((HOST, 0))
+    accepted = []
+    threading.Thread(target=lambda: accept_forever(server, accepted), daemon=True).start()
+    yield f"redis://{HOST}:{server.getsockname()[1]}/0", accepted
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+def accept_forever(server, accepted):
+    """Accept connections on server into accepted until the server is closed."""
+    try:
+        while True:
+            accepted.append(server.accept()[0])
+    except OSError:
+        pass
+
+
+class PatientFailOpen(FailOpen):
+    """FailOpen with pauses far longer than a test, so when it retries is up to the test."""
+
+    FIRST_PAUSE_SECONDS = 600.0
+    LONGEST_PAUSE_SECONDS = 2400.0
+
+
+def test_a_silent_redis_is_tried_again_after_a_pause_that_doubles(silent_server, caplog):
+    url, accepted = silent_server
+    storage = PatientFailOpen(storage_from_string(url, wrap_exceptions=True, **REDIS_OPTIONS))
+    assert [storage.incr("key", 60) for _ in range(5)] == [1, 2, 3, 4, 5]  # counted locally
+    # Only the first waited for Redis (and timed out); the others counted locally at once.
+    assert (len(accepted), storage.pause) == (1, 600.0)
+    pauses = []
+    for _ in range(4):
+        storage.retry_at = time.monotonic()  # the pause is over
+        storage.incr("key", 60)
+        pauses.append(storage.pause)
+    assert (len(accepted), pauses) == (5, [1200.0, 2400.0, 2400.0, 2400.0])
+    assert storage.get("key") == 9
+    # One outage, one warning, however many tries failed.
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert [record.name for record in warnings] == ["identity.rate_limit"]
+
+
+def test_expired_counts_are_swept_during_a_count():
+    storage = MemoryCounts()
+    storage.incr("short", 1)
+    storage.incr("long", 60)
+    time.sleep(MemoryCounts.SWEEP_SECONDS + 0.1)  # past the short window, and time to sweep
+    storage.incr("new", 60)
+    assert sorted(storage.counts) == ["long", "new"]
+    assert (storage.get("short"), storage.get("long")) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("RATE_LIMIT", "lots"),
+        ("RATE_LIMIT", ""),
+        ("RATE_LIMIT", "5 per fortnight"),
+        ("RATE_LIMIT", "0 per second"),
+        ("RATE_LIMIT", "10/second;0/hour"),
+        ("RATELIMIT_STORAGE_URL", "memcached://127.0.0.1:11211"),
+        ("RATELIMIT_STORAGE_URL", "redis+sentinel://127.0.0.1:26379/primary"),
+        ("RATELIMIT_STORAGE_URL", "async+memory://"),
+        ("RATELIMIT_STORAGE_URL", "127.0.0.1:6379"),
+        ("RATELIMIT_STORAGE_URL", "redis://127.0.0.1:port/0"),
+        ("TRUSTED_PROXY_HOPS", -1),
+    ],
+)
+def test_a_setting_that_makes_no_sense_stops_the_app_at_start(database_url, setting, value):
+    with pytest.raises(ValueError, match=f"^{setting} ") as refused:
+        make_app(database_url, **{setting: value})
+    assert repr(value) in str(refused.value)
+
+
 @pytest.mark.slow
-def test_four_gunicorn_workers_share_one_limit_through_redis(database_url, tmp_path, redis_prefix):
+def test_four_gunicorn_workers_share_one_limit_through_redis(database_url, tmp_path, redis_url, redis_prefix):
     port = free_port()
-    settings = {"RATE_LIMIT": "20 per minute", "RATELIMIT_STORAGE_URL": REDIS_URL}
+    settings = {"RATE_LIMIT": "20 per minute", "RATELIMIT_STORAGE_URL": redis_url}
     settings.update(RATELIMIT_KEY_PREFIX=redis_prefix, DATABASE_URL=database_url, WEB_CONCURRENCY=4)
     process, _ = start_gunicorn(tmp_path, port, **settings)
     try:

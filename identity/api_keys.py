@@ -1,0 +1,76 @@
+"""API keys: with IDENTITY_API_KEYS set, every route but health needs one of them (else 401)."""
+
+import hashlib
+import hmac
+
+from flask import current_app, g, request
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import Unauthorized
+
+from identity.apidoc import ErrorExample
+
+# Load balancers and orchestrators probe these without keys.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+EXTENSION = "identity_api_keys"
+
+
+class MissingKey(Unauthorized):
+    code_name = "unauthorized"
+    description = "Send a valid API key as Authorization: Bearer <key>."
+
+
+MISSING_KEY = ErrorExample(
+    401,
+    "unauthorized",
+    "Only while IDENTITY_API_KEYS is set: no valid key",
+    MissingKey.code_name,
+    MissingKey.description,
+    headers=("WWW-Authenticate",),
+)
+
+
+def configured_keys(setting):
+    """[(key, its hash)] for each comma-separated key; the hash names the key in rate-limit counts."""
+    keys = [key.strip().encode() for key in setting.split(",") if key.strip()]
+    return [(key, hashlib.sha256(key).hexdigest()[:16]) for key in keys]
+
+
+def presented_key():
+    """The bearer token of the Authorization header, as bytes; empty without one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    # WSGI hands header values over decoded as latin-1, so this always encodes.
+    return token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
+
+
+def matching_key_hash(keys, presented):
+    """The hash of the configured key equal to presented, or None."""
+    matched = None
+    for key, key_hash in keys:
+        # Every key is compared, in constant time and with no early exit, so how long this takes
+        # tells nothing of which key matched, how much of one did, or how many keys there are.
+        if hmac.compare_digest(key, presented):
+            matched = key_hash
+    return matched
+
+
+def key_hash():
+    """The hash of the configured key the request presents, or None; keys are compared once per request."""
+    keys = current_app.extensions[EXTENSION]
+    if not keys:
+        return None
+    # The rate limit asks first (it counts by key), then demand_key: one comparison serves both.
+    if "api_key_hash" not in g:
+        g.api_key_hash = matching_key_hash(keys, presented_key())
+    return g.api_key_hash
+
+
+def demand_key():
+    """Refuse a request without a valid key when keys are configured; health is open."""
+    if current_app.extensions[EXTENSION] and request.path not in OPEN_PATHS and key_hash() is None:
+        raise MissingKey(www_authenticate=WWWAuthenticate("bearer"))
+
+
+def init_app(app):
+    """Check every request's key against IDENTITY_API_KEYS (none set: no key is needed)."""
+    app.extensions[EXTENSION] = configured_keys(app.config["IDENTITY_API_KEYS"])
+    app.before_request(demand_key)
