@@ -43,7 +43,7 @@ forwarded_allow_ips = "127.0.0.1,::1"
 errorlog = "-"
 loglevel = "info"
 
-# The app writes one JSON access line per request (identity/observability.py); gunicorn's would repeat it.
+# The app writes one JSON access line per request (identity/request_log.py); gunicorn's would repeat it.
 accesslog = None
 
 # Metrics: each worker's prometheus_client keeps its values in files in PROMETHEUS_MULTIPROC_DIR and

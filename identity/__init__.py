@@ -41,17 +41,21 @@ def create_app(overrides=None):
         db,
         errors,
         json_body,
-        observability,
+        logs,
+        metrics,
         openapi,
         proxies,
         rate_limit,
+        request_log,
         views,
     )
 
     app = Flask(__name__, static_folder=None)  # no /static route: nothing is served from there
     app.config.update(settings_from_environment())
     app.config.update(overrides or {})
-    observability.init_app(app)
+    logs.configure_logging(app.config["LOG_LEVEL"])
+    request_log.init_app(app)
+    metrics.init_app(app)
     proxies.init_app(app)
     # The limit counts a request before its key is checked, so guessing keys is limited too.
     rate_limit.init_app(app)

@@ -4,7 +4,7 @@ from flask import Blueprint
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
-from identity import apidoc, db, observability, repository
+from identity import apidoc, db, request_log, repository
 from identity.apidoc import ErrorExample
 from identity.errors import DATABASE_DOWN, PAYLOAD_TOO_LARGE, ROUTE_NOT_FOUND, invalid_request
 from identity.json_body import MALFORMED_JSON, NOT_JSON
@@ -97,7 +97,7 @@ PRIMARY = {
 def identify(wanted):
     """Link the checkout's contact details into one customer and answer with that customer."""
     outcome = db.run(repository.identify, wanted["email"], wanted["phone_number"])
-    observability.record_outcome(outcome, wanted)
+    request_log.record_outcome(outcome, wanted)
     return {"contact": outcome.contact}
 
 

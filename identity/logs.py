@@ -1,28 +1,16 @@
-"""What the service tells its operators: JSON log lines, a request id, an access line per request, metrics."""
+"""Log lines: every line of the process one JSON object on stderr, with the request id when there is one."""
 
 import functools
 import json
 import logging
 import os
-import re
-import secrets
 import sys
 import time
 
-from flask import g, has_request_context, request
-
-from identity import metrics
-
-# An incoming id is echoed into headers and logs, so only a short, plain one is kept.
-SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-# Metric labels take a fixed set of values: anything else a client invents counts as "other".
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+from flask import g, has_request_context
 
 # Built once: json.dumps with default= would build an encoder for every line.
 encode = json.JSONEncoder(default=str).encode
-
-access_log = logging.getLogger("identity.access")
-merge_log = logging.getLogger("identity.merge")
 
 
 class JSONFormatter(logging.Formatter):
@@ -52,8 +40,7 @@ def utc_timestamp(seconds):
 
 @functools.lru_cache(maxsize=4)
 def utc_second(whole_seconds):
-    """The date and time to the second, formatted once per second: datetime's way for every line
-    cost half as much as encoding all the rest of it (callgrind)."""
+    """The date and time to the second, formatted once a second, not for every line (README, "Speed")."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole_seconds))
 
 
@@ -83,27 +70,6 @@ def configure_logging(level):
     root.setLevel(level.upper())
 
 
-def start_request():
-    """Name the request (the caller's sane X-Request-ID, else a new one) and start its clock."""
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if SANE_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
-    g.started = time.perf_counter()
-
-
-def finish_request(response):
-    """Echo the request id, count the request, and write its access line."""
-    seconds = time.perf_counter() - g.started
-    response.headers["X-Request-ID"] = g.request_id
-    rule, method = request.url_rule, request.method
-    route = rule.rule if rule else "unmatched"
-    known_method = method if method in KNOWN_METHODS else "other"
-    metrics.observe_request(route, known_method, response.status_code, seconds)
-    fields = {"method": method, "path": request.path, "status": response.status_code}
-    fields.update(duration_ms=round(seconds * 1000, 3), client=request.remote_addr)
-    log_info(access_log, "request", fields)
-    return response
-
-
 def log_info(logger, message, fields):
     """Log message with fields at INFO, as logger.info would but for finding the caller's source line."""
     # logger.info searches the stack for the line that called it, for every record; no line shows it.
@@ -112,22 +78,3 @@ def log_info(logger, message, fields):
             logger.name, logging.INFO, "", 0, message, (), None, extra={"fields": fields}
         )
         logger.handle(record)
-
-
-def record_outcome(outcome, wanted):
-    """Count the contact identify created and the customers it merged; log each merge."""
-    if outcome.created:
-        metrics.CREATED[outcome.created].inc()
-    if outcome.merged:
-        metrics.MERGES.inc(len(outcome.merged))
-        survivor = outcome.contact["primaryContatctId"]
-        joined_by = {"email": wanted["email"], "phoneNumber": wanted["phone_number"]}
-        log_info(merge_log, "customers merged", {"survivor": survivor, "merged": outcome.merged, **joined_by})
-
-
-def init_app(app):
-    """Log as JSON at LOG_LEVEL, time and count every request, and serve /metrics."""
-    configure_logging(app.config["LOG_LEVEL"])
-    app.before_request(start_request)
-    app.after_request(finish_request)
-    metrics.init_app(app)
