@@ -4,7 +4,7 @@ import psycopg2
 from psycopg2 import errors, sql
 from psycopg2.extensions import parse_dsn
 
-from identity.queries import QUERIES, SQL_DIR
+from identity.queries import QUERIES, SQL_DIR, sql_files, stem
 
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 FUNCTIONS_DIR = SQL_DIR / "functions"
@@ -12,7 +12,7 @@ FUNCTIONS_DIR = SQL_DIR / "functions"
 
 def pending(applied):
     """The migration files not yet applied, in the order their numbers give."""
-    return [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.stem not in applied]
+    return [path for path in sql_files(MIGRATIONS_DIR) if stem(path) not in applied]
 
 
 def migrate(conn):
@@ -24,11 +24,11 @@ def migrate(conn):
         todo = pending({version for (version,) in cur.fetchall()})
         for path in todo:
             cur.execute(path.read_text())
-            cur.execute(QUERIES["record_migration"], {"version": path.stem})
-        for path in sorted(FUNCTIONS_DIR.glob("*.sql")):
+            cur.execute(QUERIES["record_migration"], {"version": stem(path)})
+        for path in sql_files(FUNCTIONS_DIR):
             cur.execute(path.read_text())
     conn.commit()
-    return [path.stem for path in todo]
+    return [stem(path) for path in todo]
 
 
 def create_database(database_url):
