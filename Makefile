@@ -1,5 +1,5 @@
 # Operator and developer commands. Every target works on a fresh machine: it makes the virtual
-# environment and installs what it needs first.
+# environment and installs what it needs first, from the lock files in requirements/.
 # Debian's Python 3.11 is built with profile-guided and link-time optimisation; the pyenv build that
 # is first on PATH here is not, and ran the service about 9% slower (README, "Speed"). So Debian's
 # is preferred where it can make a virtual environment; any python3 otherwise.
@@ -8,34 +8,51 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 WEB_CONCURRENCY ?= 4
+# Where the embedded PostgreSQL keeps its data, used when no other server is (identity/embedded.py).
+EMBEDDED_DATA := .data/postgres
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release setup.cfg allows.
+LOCK_ARGS ?=
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate test test-tools lint clean bench bench-soak bench-compare bench-tools
+.PHONY: run dev migrate stop-db test test-tools lint lock clean bench bench-soak bench-compare bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The service runs from its checkout, so only the dependencies setup.cfg lists are installed:
-# install_requires, plus the extra named after the stamp (test, dev); "app" means none.
-REQUIREMENTS = $(BIN)/python -c 'import configparser, sys; c = configparser.ConfigParser(); \
-	c.read("setup.cfg"); o = c["options"]; extras = c["options.extras_require"]; \
-	print(o["install_requires"] + extras.get(sys.argv[1], ""))'
-
-$(VENV)/.installed-%: setup.cfg | $(BIN)/python
-	$(REQUIREMENTS) $* | xargs $(BIN)/pip install --quiet
+# requirements/app.txt pins what the package needs; requirements/<extra>.txt the same with one extra
+# of setup.cfg. A lock newer than its stamp is installed again.
+$(VENV)/.installed-%: requirements/%.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r $<
 	touch $@
 
-migrate: $(VENV)/.installed-app  ## create the database if missing, apply migrations
-	$(BIN)/flask --app wsgi migrate
+# The project itself, editable, so the venv's commands run this checkout's code; its dependencies
+# come from the locks above.
+$(VENV)/.installed-identity: pyproject.toml setup.cfg | $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
 
-run: migrate  ## serve with gunicorn on 127.0.0.1:$PORT
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+APP := $(VENV)/.installed-app $(VENV)/.installed-identity
 
-dev: migrate  ## Flask's debug server on 127.0.0.1:$PORT
-	$(BIN)/flask --app wsgi run --debug --port $(PORT)
+# DATABASE_URL for the recipe: as set; else the default address when a server answers there; else
+# the embedded PostgreSQL in $(EMBEDDED_DATA), started unless it runs, which one line on stderr names.
+WITH_DATABASE = DATABASE_URL="$$($(BIN)/python -m identity.embedded url $(EMBEDDED_DATA))" || exit 1; \
+	export DATABASE_URL;
+MIGRATE := $(BIN)/flask --app wsgi migrate
 
-test: test-tools $(VENV)/.installed-test $(VENV)/.installed-app  ## every test, against a real PostgreSQL
+migrate: $(APP) $(VENV)/.installed-embedded  ## create the database if missing, apply migrations
+	$(WITH_DATABASE) $(MIGRATE)
+
+run: $(APP) $(VENV)/.installed-embedded  ## migrate, then serve with gunicorn on 127.0.0.1:$PORT
+	$(WITH_DATABASE) $(MIGRATE) && exec $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+dev: $(APP) $(VENV)/.installed-embedded  ## migrate, then Flask's debug server on 127.0.0.1:$PORT
+	$(WITH_DATABASE) $(MIGRATE) && exec $(BIN)/flask --app wsgi run --debug --port $(PORT)
+
+stop-db: $(APP) $(VENV)/.installed-embedded  ## stop the embedded PostgreSQL (its data stays)
+	$(BIN)/python -m identity.embedded stop $(EMBEDDED_DATA)
+
+test: test-tools $(APP) $(VENV)/.installed-test $(VENV)/.installed-embedded  ## every test, against a real PostgreSQL
 	$(BIN)/pytest
 
 # The end-to-end tests start an nginx and a Redis of their own (tests/servers.py).
@@ -47,13 +64,13 @@ bench-tools:  ## wrk and pgbench from Debian, when missing
 	@command -v wrk >/dev/null && command -v pgbench >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib)
 
-bench: bench-tools $(VENV)/.installed-app  ## benchmark table (BENCH_ARGS="--repeat 1" for a quick one)
+bench: bench-tools $(APP)  ## benchmark table (BENCH_ARGS="--repeat 1" for a quick one)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 
-bench-soak: bench-tools $(VENV)/.installed-app  ## 5 minutes of checkout, worker memory every 30 s
+bench-soak: bench-tools $(APP)  ## 5 minutes of checkout, worker memory every 30 s
 	$(BIN)/python tests/bench/run.py --soak 300 $(BENCH_ARGS)
 
-bench-compare: bench-tools $(VENV)/.installed-app  ## checkout mix, this checkout beside git ref(s) REF
+bench-compare: bench-tools $(APP)  ## checkout mix, this checkout beside git ref(s) REF
 	@test -n "$(REF)" || (echo 'usage: make bench-compare REF="<git ref> ..."' >&2; exit 2)
 	$(BIN)/python tests/bench/run.py --compare $(REF) $(BENCH_ARGS)
 
@@ -61,6 +78,19 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --line-length 110 --select E,F,W,B,UP,SIM identity tests wsgi.py
 	$(BIN)/ruff format --check --line-length 110 identity tests wsgi.py
 
+# Each lock is resolved with the ones before it as constraints, so a package that two of them pin
+# has one version in all, and installing several into one venv never swaps versions.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) setup.cfg
+lock: $(VENV)/.installed-dev  ## re-resolve requirements/*.txt from setup.cfg
+	$(PIP_COMPILE) -o requirements/app.txt
+	$(PIP_COMPILE) --extra embedded -c requirements/app.txt -o requirements/embedded.txt
+	$(PIP_COMPILE) --extra test -c requirements/app.txt -c requirements/embedded.txt -o requirements/test.txt
+	$(PIP_COMPILE) --extra dev -c requirements/app.txt -c requirements/embedded.txt \
+		-c requirements/test.txt -o requirements/dev.txt
+
+# The embedded server runs on the binaries in $(VENV), so it is stopped before they go; its data stays.
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .ruff_cache
+	if [ -x $(BIN)/python ] && [ -d $(EMBEDDED_DATA) ]; then $(BIN)/python -m identity.embedded stop $(EMBEDDED_DATA); fi
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

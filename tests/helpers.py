@@ -1,5 +1,7 @@
 """Helpers the tests share: reading the contact table and calling the API."""
 
+import psycopg2
+
 COLUMNS = "id, email, phone_number, linked_id, link_precedence, created_at, updated_at, deleted_at"
 
 
@@ -26,3 +28,14 @@ def identify(client, email=None, phone_number=None, **body):
     payload = {"email": email, "phoneNumber": phone_number, **body}
     response = client.post("/identify", json=payload)
     return response.status_code, response.get_json()
+
+
+def applied_versions(url):
+    """The versions schema_migration records, in order."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version FROM schema_migration ORDER BY version")
+            return [version for (version,) in cur.fetchall()]
+    finally:
+        conn.close()

@@ -4,14 +4,25 @@ import contextlib
 import socket
 import threading
 
+from psycopg2.extensions import parse_dsn
+
 from servers import free_port
 
 
-class TcpProxy:
-    """Forwards 127.0.0.1:port to target; stop() drops every connection, start() listens again."""
+def server_address(database_url):
+    """(family, address) of the server a libpq URL names: a TCP host, or a unix socket's directory."""
+    settings = parse_dsn(database_url)
+    host, port = settings.get("host", "127.0.0.1"), int(settings.get("port", 5432))
+    if host.startswith("/"):  # the embedded server listens on a unix socket only
+        return socket.AF_UNIX, f"{host}/.s.PGSQL.{port}"
+    return socket.AF_INET, (host, port)
 
-    def __init__(self, target_port):
-        self.target = ("127.0.0.1", target_port)
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to the database's server; stop() drops every connection, start() re-listens."""
+
+    def __init__(self, database_url):
+        self.family, self.target = server_address(database_url)
         self.port = free_port()
         self.sockets = []
         self.listener = None
@@ -29,7 +40,8 @@ class TcpProxy:
         while True:
             try:
                 client = listener.accept()[0]
-                server = socket.create_connection(self.target)
+                server = socket.socket(self.family, socket.SOCK_STREAM)
+                server.connect(self.target)
             except OSError:
                 return  # the listener was closed by stop()
             self.sockets += [client, server]

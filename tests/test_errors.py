@@ -5,7 +5,7 @@ import threading
 
 import psycopg2
 import pytest
-from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg2.extensions import make_dsn
 
 from conftest import make_app
 from helpers import all_contacts, identify
@@ -69,7 +69,7 @@ def test_unreachable_database_is_a_503_with_retry_after(database_url):
 @pytest.fixture
 def proxy(database_url):
     """A cuttable TCP path to the test's database."""
-    tcp = TcpProxy(int(parse_dsn(database_url).get("port", 5432)))
+    tcp = TcpProxy(database_url)
     tcp.start()
     yield tcp
     tcp.stop()

@@ -10,27 +10,17 @@ import psycopg2
 from psycopg2.extensions import make_dsn
 
 from conftest import drop_database
-from helpers import functions
+from helpers import applied_versions, functions
 from identity.migrations import MIGRATIONS_DIR, migrate
+from identity.queries import sql_files, stem
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def applied_versions(url):
-    """The versions schema_migration records, in order."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT version FROM schema_migration ORDER BY version")
-            return [version for (version,) in cur.fetchall()]
-    finally:
-        conn.close()
 
 
 def test_migrate_applies_every_file_once_and_then_nothing(empty_database_url):
     conn = psycopg2.connect(empty_database_url)
     try:
-        every = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
+        every = [stem(sql_file) for sql_file in sql_files(MIGRATIONS_DIR)]
         assert migrate(conn) == every
         assert migrate(conn) == []
     finally:
@@ -78,6 +68,6 @@ def test_processes_starting_at_once_create_and_migrate_the_database_once(server_
         outputs = [(p.wait(timeout=60), p.stdout.read()) for p in processes]
         assert [code for code, _ in outputs] == [0] * 4, outputs
         assert sum("applied: " in output for _, output in outputs) == 1, outputs
-        assert applied_versions(env["DATABASE_URL"]) == sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql"))
+        assert applied_versions(env["DATABASE_URL"]) == [stem(f) for f in sql_files(MIGRATIONS_DIR)]
     finally:
         drop_database(server_url, name)

@@ -29,9 +29,11 @@ from psycopg2.extensions import make_dsn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from identity.migrations import migrate  # noqa: E402
-from identity.queries import SQL_DIR, load  # noqa: E402
+from identity.queries import load  # noqa: E402
 
-BENCH_SQL = load(SQL_DIR / "bench")
+# The bench's SQL is read from the checkout: it is not part of the package.
+BENCH_SQL_DIR = ROOT / "sql" / "bench"
+BENCH_SQL = load(BENCH_SQL_DIR)
 HERE = Path(__file__).resolve().parent
 SERVER_URL = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
@@ -182,7 +184,7 @@ def pgbench(url, customers, seconds):
         "-D",
         f"customers={customers}",
         "-f",
-        str(SQL_DIR / "bench" / "floor.pgbench"),
+        str(BENCH_SQL_DIR / "floor.pgbench"),
         url,
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
