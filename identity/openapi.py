@@ -7,6 +7,7 @@ Swagger UI's files come from the swagger-ui-bundle package, so /docs works with 
 """
 
 import re
+from importlib.metadata import version
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -69,7 +70,7 @@ class UndocumentedRoute(Exception):
 def build_document(app):
     """The OpenAPI document of every route of app."""
     plugin = MarshmallowPlugin()
-    spec = APISpec("identity", "0.1.0", OPENAPI_VERSION, plugins=[plugin], info=INFO)
+    spec = APISpec("identity", version("identity"), OPENAPI_VERSION, plugins=[plugin], info=INFO)
     spec.options.update(
         servers=[{"url": "/", "description": "The server this document came from."}], tags=TAGS
     )

@@ -296,6 +296,8 @@ def install_dependencies(root):
     lock = root / "requirements" / "app.txt"
     requirements = ["-r", str(lock)] if lock.exists() else setup_cfg_requirements(root)
     subprocess.run([python, "-m", "pip", "install", "--quiet", *requirements], check=True)
+    if (root / "pyproject.toml").exists():  # a package since issue 8: installed as make installs it
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(root)], check=True)
 
 
 def setup_cfg_requirements(root):
