@@ -1,36 +1,8 @@
 """identity: links a shop's checkout contacts into customers."""
 
-import os
-
 from flask import Flask
 
-DEFAULTS = {
-    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/identity",
-    "DB_POOL_SIZE": 4,
-    "DB_CONNECT_TIMEOUT": 3,
-    "DB_STATEMENT_TIMEOUT_MS": 5000,
-    "MAX_CONTENT_LENGTH": 64 * 1024,
-    # Comma-separated bearer keys; empty means no key is needed.
-    "IDENTITY_API_KEYS": "",
-    # Requests allowed per API key (or per client address without one), across all routes.
-    "RATE_LIMIT": "5000 per second",
-    # redis://host:port/db to share counts across workers and machines; memory:// keeps them per worker.
-    "RATELIMIT_STORAGE_URL": "memory://",
-    # Names this service's counts in a store that other services (or test runs) share.
-    "RATELIMIT_KEY_PREFIX": "identity",
-    # How many proxies in front of us may set X-Forwarded-For (nginx in deploy/: 1); 0 trusts none.
-    "TRUSTED_PROXY_HOPS": 0,
-    "LOG_LEVEL": "INFO",
-}
-
-
-def settings_from_environment():
-    """Every setting from DEFAULTS, overridden by the environment variable of the same name."""
-    settings = {}
-    for name, default in DEFAULTS.items():
-        value = os.environ.get(name)
-        settings[name] = default if value in (None, "") else type(default)(value)
-    return settings
+from identity import settings
 
 
 def create_app(overrides=None):
@@ -51,8 +23,13 @@ def create_app(overrides=None):
     )
 
     app = Flask(__name__, static_folder=None)  # no /static route: nothing is served from there
-    app.config.update(settings_from_environment())
+    app.config.update(settings.from_environment())
     app.config.update(overrides or {})
+    settings.check(app.config)
+    # Every answer is the app's own: OPTIONS gets the JSON 405 with Allow, not an empty 200, and a
+    # path with doubled slashes is a 404, not a redirect whose Location a client's Host header builds.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.url_map.merge_slashes = False
     logs.configure_logging(app.config["LOG_LEVEL"])
     request_log.init_app(app)
     metrics.init_app(app)

@@ -2,16 +2,20 @@
 
 import hashlib
 import hmac
+import logging
 
 from flask import current_app, g, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
 from identity.apidoc import ErrorExample
+from identity.settings import BadSetting
 
 # Load balancers and orchestrators probe these without keys.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 EXTENSION = "identity_api_keys"
+
+log = logging.getLogger(__name__)
 
 
 class MissingKey(Unauthorized):
@@ -30,8 +34,19 @@ MISSING_KEY = ErrorExample(
 
 
 def configured_keys(setting):
-    """[(key, its hash)] for each comma-separated key; the hash names the key in rate-limit counts."""
-    keys = [key.strip().encode() for key in setting.split(",") if key.strip()]
+    """[(key, its hash)] for each comma-separated key; the hash names the key in rate-limit counts.
+
+    Only an empty setting means "no keys". One that is not empty but names an empty key ("," or " ",
+    a stray comma) stops the start: read as no keys, it would open every route without a word.
+    """
+    if setting == "":
+        return []
+    keys = [key.strip().encode() for key in setting.split(",")]
+    if not all(keys):
+        raise BadSetting(
+            f"IDENTITY_API_KEYS {setting!r} names an empty key: give comma-separated keys, or leave "
+            "it empty for none"
+        )
     return [(key, hashlib.sha256(key).hexdigest()[:16]) for key in keys]
 
 
@@ -71,6 +86,8 @@ def demand_key():
 
 
 def init_app(app):
-    """Check every request's key against IDENTITY_API_KEYS (none set: no key is needed)."""
-    app.extensions[EXTENSION] = configured_keys(app.config["IDENTITY_API_KEYS"])
+    """Check every request's key against IDENTITY_API_KEYS; none set, no key is needed (logged)."""
+    keys = app.extensions[EXTENSION] = configured_keys(app.config["IDENTITY_API_KEYS"])
+    if not keys:
+        log.info("API keys are off: IDENTITY_API_KEYS is empty, so every route answers without a key")
     app.before_request(demand_key)

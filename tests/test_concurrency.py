@@ -20,7 +20,7 @@ import pytest
 from helpers import all_contacts
 from servers import HOST, free_port, start_gunicorn, stop
 
-from identity import DEFAULTS
+from identity.settings import DEFAULTS
 from identity.db import connect_kwargs
 from identity.repository import identify
 from identity.retrying import retrying
