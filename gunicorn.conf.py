@@ -12,7 +12,9 @@ bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 # kept-alive connection to one worker and doubled p99; more workers gave no more throughput
 # (README, "Speed", has the measurements).
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = "sync"
+# gunicorn's sync worker, answering the requests gunicorn refuses itself in the app's JSON error
+# shape rather than with its HTML pages (identity/worker.py).
+worker_class = "identity.worker.JSONErrorsWorker"
 
 # gunicorn 27's control socket sits at one path per user, so a second server (tests, the bench)
 # would take it over; nothing here uses it.
@@ -30,8 +32,8 @@ graceful_timeout = 20
 # theirs open to nginx. No max_requests: worker memory stays flat (`make bench-soak` watches it), and
 # each restart would drop a worker's database connections and prepared statements.
 # nginx refuses request lines and header lines over 4 KiB with a JSON error. These line limits are
-# looser, so gunicorn never refuses a line nginx passed on with its own plain-text 400. The number
-# of header fields nginx does not bound: past 100, gunicorn answers with that plain-text 400.
+# looser, so gunicorn never refuses a line nginx passed on. The number of header fields nginx does
+# not bound: past 100, gunicorn answers 431, in the JSON shape like its other refusals.
 limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 100
@@ -39,9 +41,19 @@ limit_request_fields = 100
 # client's address comes from X-Forwarded-For through werkzeug's ProxyFix in the app
 # (TRUSTED_PROXY_HOPS), which gunicorn leaves alone.
 forwarded_allow_ips = "127.0.0.1,::1"
-# gunicorn's own lines (start, stop, worker deaths) on stderr, for the supervisor to collect.
+# gunicorn's own lines (start, stop, worker deaths, refused requests) on stderr, for the supervisor
+# to collect, as JSON objects like every line of the app (identity/logs.py), so one parser reads all.
 errorlog = "-"
 loglevel = "info"
+logconfig_dict = {
+    "root": {"level": "INFO", "handlers": []},  # the app gives the workers' root logger its handler
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+    "handlers": {"stderr": {"class": "identity.logs.StderrHandler", "formatter": "json"}},
+    "formatters": {"json": {"()": "identity.logs.JSONFormatter"}},
+}
 
 # The app writes one JSON access line per request (identity/request_log.py); gunicorn's would repeat it.
 accesslog = None

@@ -114,6 +114,23 @@ def send(port, method, path, body=None, headers=None, source=HOST, timeout=10):
     )
 
 
+def send_raw(port, data, timeout=10):
+    """Send data, bytes a client library would refuse to send, on a connection of its own.
+
+    Returns (status, headers with lower-case names, body) of the one answer, read until the server
+    closes the connection (a valid request should say `Connection: close`).
+    """
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 def post_json(port, payload, **kwargs):
     """POST /identify with payload as JSON; returns what send() returns."""
     headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
