@@ -8,7 +8,6 @@ loopback addresses, so nginx sees distinct clients while gunicorn only ever sees
 
 import json
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from servers import HOST, free_port, post_json, send, start_gunicorn, start_nginx, start_redis, stop
+from servers import HOST, free_port, post_json, send, send_raw, start_gunicorn, start_nginx, start_redis, stop
 
 pytestmark = pytest.mark.slow
 
@@ -120,17 +119,6 @@ def send_body(port, body, piece, request_id):
     return send(port, "POST", "/identify", payload, headers)
 
 
-def raw_exchange(port, data):
-    """Send raw bytes to port; return the status code of the answer and its parsed JSON body."""
-    with socket.create_connection((HOST, port), timeout=10) as sock:
-        sock.sendall(data)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
-
-
 def test_identify_through_nginx_gives_the_tasks_answer(nginx):
     first = post_json(nginx.port, {"email": LORRAINE, "phoneNumber": "123456"})
     assert first[0] == 200 and first[1].get_content_type() == "application/json"
@@ -203,10 +191,83 @@ def test_the_longest_line_nginx_takes_reaches_the_app_and_a_longer_one_is_a_json
 
 
 def test_a_request_that_is_not_http_is_a_json_400(nginx):
-    assert raw_exchange(nginx.port, b"NOT HTTP AT ALL\r\n\r\n") == (
+    status, headers, body = send_raw(nginx.port, b"NOT HTTP AT ALL\r\n\r\n")
+    assert (status, headers["content-type"]) == (400, "application/json")
+    assert json.loads(body) == {"error": {"code": "bad_request", "message": "The request is not valid HTTP."}}
+
+
+def raw(head, body=b""):
+    """A raw request to nginx: the request line and headers given, then Connection: close, then body."""
+    return head.encode("latin-1") + b"Host: identity.example\r\nConnection: close\r\n\r\n" + body
+
+
+# (what, raw request, status, code, Allow): nginx's own refusals, and gunicorn's passed through.
+REFUSED = [
+    ("TRACE /identify", raw("TRACE /identify HTTP/1.1\r\n"), 405, "method_not_allowed", "POST"),
+    ("TRACE /healthz", raw("TRACE /healthz HTTP/1.1\r\n"), 405, "method_not_allowed", "GET, HEAD"),
+    (
+        "Transfer-Encoding: identity",
+        raw("POST /identify HTTP/1.1\r\nTransfer-Encoding: identity\r\n", b"{}"),
+        501,
+        "not_implemented",
+        None,
+    ),
+    (
+        "Transfer-Encoding: gzip, chunked",
+        raw("POST /identify HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"),
+        501,
+        "not_implemented",
+        None,
+    ),
+    ("an HTTP/2.0 request line", raw("GET /healthz HTTP/2.0\r\n"), 505, "http_version_not_supported", None),
+    (
+        "a control byte in a header value",
+        raw("GET /healthz HTTP/1.1\r\nX-A: a\x01b\r\n"),
         400,
-        {"error": {"code": "bad_request", "message": "The request is not valid HTTP."}},
-    )
+        "bad_request",
+        None,
+    ),
+    ("a raw non-ASCII byte in the path", raw("GET /heal\xffthz HTTP/1.1\r\n"), 400, "bad_request", None),
+    (
+        "two Content-Types",
+        raw(
+            "POST /identify HTTP/1.1\r\nContent-Type: application/json\r\nContent-Type: text/plain\r\n"
+            "Content-Length: 2\r\n",
+            b"{}",
+        ),
+        400,
+        "bad_request",
+        None,
+    ),
+    (
+        "101 header fields",
+        raw("GET /healthz HTTP/1.1\r\n" + "".join(f"X-{i}: {i}\r\n" for i in range(100))),
+        431,
+        "request_header_fields_too_large",
+        None,
+    ),
+    (
+        "a broken chunk size",
+        raw(
+            "POST /identify HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+            b"zz\r\n{}\r\n0\r\n\r\n",
+        ),
+        400,
+        "bad_request",
+        None,
+    ),
+]
+
+
+def test_every_refusal_through_nginx_is_json_in_the_one_shape(nginx):
+    answers = {}
+    for what, request, _, _, _ in REFUSED:
+        status, headers, body = send_raw(nginx.port, request)
+        assert headers.get("content-type") == "application/json", (what, status, body)
+        error = json.loads(body)["error"]
+        assert set(error) == {"code", "message"}, (what, error)
+        answers[what] = (status, error["code"], headers.get("allow"))
+    assert answers == {what: (status, code, allow) for what, _, status, code, allow in REFUSED}
 
 
 def test_gunicorn_down_is_a_json_502_with_retry_after(gunicorn, nginx):
