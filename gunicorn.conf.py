@@ -13,8 +13,8 @@ bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 # (README, "Speed", has the measurements).
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 # gunicorn's sync worker, answering the requests gunicorn refuses itself in the app's JSON error
-# shape rather than with its HTML pages (identity/worker.py).
-worker_class = "identity.worker.JSONErrorsWorker"
+# shape rather than with its HTML pages (identity/serving.py).
+worker_class = "identity.serving.JSONErrorsWorker"
 
 # gunicorn 27's control socket sits at one path per user, so a second server (tests, the bench)
 # would take it over; nothing here uses it.
@@ -45,15 +45,7 @@ forwarded_allow_ips = "127.0.0.1,::1"
 # to collect, as JSON objects like every line of the app (identity/logs.py), so one parser reads all.
 errorlog = "-"
 loglevel = "info"
-logconfig_dict = {
-    "root": {"level": "INFO", "handlers": []},  # the app gives the workers' root logger its handler
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
-    },
-    "handlers": {"stderr": {"class": "identity.logs.StderrHandler", "formatter": "json"}},
-    "formatters": {"json": {"()": "identity.logs.JSONFormatter"}},
-}
+logger_class = "identity.serving.JSONLogger"
 
 # The app writes one JSON access line per request (identity/request_log.py); gunicorn's would repeat it.
 accesslog = None

@@ -1,16 +1,20 @@
-"""gunicorn's sync worker, answering what it refuses itself in the one JSON error shape.
+"""How gunicorn serves the app: what gunicorn says itself, it says in the app's JSON.
 
 A request gunicorn cannot parse (a bad request line, too many headers, a control byte in a header
-value) never reaches the app: gunicorn answers it with an HTML page of its own. This worker answers
-in the app's shape instead, with fixed messages that echo nothing the client sent.
-gunicorn.conf.py names it as worker_class.
+value) never reaches the app: gunicorn answers it with an HTML page of its own. JSONErrorsWorker
+answers in the app's shape instead, with fixed messages that echo nothing the client sent. And
+JSONLogger writes gunicorn's own lines (start, stop, a worker's death, a refusal) as the app writes
+its lines. gunicorn.conf.py names both (worker_class, logger_class).
 """
 
 import json
 
+from gunicorn.glogging import Logger
 from gunicorn.http import errors as http
 from gunicorn.util import write_nonblock
 from gunicorn.workers.sync import SyncWorker
+
+from identity.logs import JSONFormatter
 
 INTERNAL = (500, "Internal Server Error", "internal_error", "Something went wrong on our side.")
 # (exception, (status, reason, code, message)), the first that matches wins; the rest of gunicorn's
@@ -66,3 +70,17 @@ class JSONErrorsWorker(SyncWorker):
             write_nonblock(client, error_answer(status, reason, code, message))
         except OSError:
             self.log.debug("Failed to send error message.")
+
+
+class JSONLogger(Logger):
+    """gunicorn's logger, its error log (every line but access lines) formatted as JSON.
+
+    Not logconfig_dict: with that setting gunicorn turns its access log on, and builds an access
+    line for every request even with nowhere to write it.
+    """
+
+    def setup(self, cfg):
+        """gunicorn's set-up, then our formatter on the handlers it gave its error log."""
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JSONFormatter())
