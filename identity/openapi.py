@@ -18,6 +18,7 @@ from identity import apidoc, schemas
 from identity.api_keys import MISSING_KEY, OPEN_PATHS
 from identity.errors import METHOD_NOT_ALLOWED, ROUTE_NOT_FOUND, UNEXPECTED
 from identity.rate_limit import RATE_LIMITED, UNLIMITED_PATHS
+from identity.serving import REQUEST_LINE_TOO_LONG
 
 # Swagger UI 4 renders OpenAPI 3.0 only, so null is `nullable`, not a type.
 OPENAPI_VERSION = "3.0.3"
@@ -112,13 +113,14 @@ def operation(app, rule, described):
     if described.get("description"):
         result["description"] = described["description"]
     parameters = path_parameters(app, rule, described["parameters"])
+    errors = [*described["errors"], METHOD_NOT_ALLOWED, UNEXPECTED, *guard(rule.rule, result)]
     if "query" in described:
         parameters.append({"in": "query", "schema": described["query"]})
+        errors.append(REQUEST_LINE_TOO_LONG)  # gunicorn's refusal, not the app's
     if parameters:
         result["parameters"] = parameters
     if "body" in described:
         result["requestBody"] = request_body(*described["body"])
-    errors = [*described["errors"], METHOD_NOT_ALLOWED, UNEXPECTED, *guard(rule.rule, result)]
     result["responses"] = {"200": answer(*described["answer"]), **error_responses(errors)}
     return result
 

@@ -14,6 +14,7 @@ from gunicorn.http import errors as http
 from gunicorn.util import write_nonblock
 from gunicorn.workers.sync import SyncWorker
 
+from identity.apidoc import ErrorExample
 from identity.logs import JSONFormatter
 
 INTERNAL = (500, "Internal Server Error", "internal_error", "Something went wrong on our side.")
@@ -41,6 +42,17 @@ REFUSALS = (
     ),
     (http.ForbiddenProxyRequest, (403, "Forbidden", "forbidden", "The proxy is not trusted.")),
     (http.ParseException, (400, "Bad Request", "bad_request", "The request is not valid HTTP.")),
+)
+
+
+# A long query string is the one refusal a client can cause with parameters the document allows.
+LONG_LINE = next(answer for kind, answer in REFUSALS if kind is http.LimitRequestLine)
+REQUEST_LINE_TOO_LONG = ErrorExample(
+    LONG_LINE[0],
+    LONG_LINE[2],
+    "A request line (the query string with it) over 8 KiB, or 4 KiB through nginx, whose message differs",
+    LONG_LINE[2],
+    LONG_LINE[3],
 )
 
 

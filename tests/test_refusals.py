@@ -204,6 +204,18 @@ def test_gunicorn_answers_what_it_cannot_parse_in_the_json_shape_and_writes_noth
     assert "unhandled error" not in log.read_text()  # the app saw broken bodies as the client's fault
 
 
+@pytest.mark.slow
+def test_a_query_string_too_long_for_gunicorn_is_its_documented_414(gunicorn):
+    _, port, _ = gunicorn
+    status, headers, body = send_raw(
+        port, request("GET /contacts?email=" + "a" * 9000 + " HTTP/1.1\r\n" + HOST_HEADER)
+    )
+    document = json.loads(send_raw(port, request("GET /openapi.json HTTP/1.1\r\n" + HOST_HEADER))[2])
+    documented = document["paths"]["/contacts"]["get"]["responses"]["414"]["content"]["application/json"]
+    assert (status, headers["content-type"]) == (414, "application/json")
+    assert json.loads(body) == documented["examples"]["request_uri_too_large"]["value"]
+
+
 def log_lines(log):
     """Every line of a log file, each of which must be one JSON object."""
     return [json.loads(line) for line in log.read_text().splitlines()]
