@@ -8,7 +8,9 @@ from identity import settings
 def create_app(overrides=None):
     """Build the app from the environment, then from overrides (tests pass those)."""
     from identity import (
+        admin,
         api_keys,
+        blocking,
         cli,
         db,
         errors,
@@ -40,7 +42,9 @@ def create_app(overrides=None):
     json_body.init_app(app)
     errors.init_app(app)
     db.init_app(app)
+    blocking.init_app(app)
     cli.init_app(app)
     app.register_blueprint(views.bp)
+    app.register_blueprint(admin.bp)
     openapi.init_app(app)  # last: it documents every route registered before it
     return app

@@ -1,4 +1,9 @@
-"""API keys: with IDENTITY_API_KEYS set, every route but health needs one of them (else 401)."""
+"""API keys: with IDENTITY_API_KEYS set, every route but health needs one of them (else 401).
+
+Admin routes (/admin/...) need one of IDENTITY_ADMIN_KEYS instead, always: with none set they are
+closed. The two lists are separate, so a key handed to a checkout backend cannot change what the
+service blocks.
+"""
 
 import hashlib
 import hmac
@@ -13,7 +18,9 @@ from identity.settings import BadSetting
 
 # Load balancers and orchestrators probe these without keys.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+ADMIN_PREFIX = "/admin/"
 EXTENSION = "identity_api_keys"
+ADMIN_EXTENSION = "identity_admin_keys"
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +30,22 @@ class MissingKey(Unauthorized):
     description = "Send a valid API key as Authorization: Bearer <key>."
 
 
+class MissingAdminKey(Unauthorized):
+    code_name = "unauthorized"
+    description = (
+        "Send a valid admin key as Authorization: Bearer <key>; admin routes are closed while "
+        "IDENTITY_ADMIN_KEYS is empty."
+    )
+
+
+MISSING_ADMIN_KEY = ErrorExample(
+    401,
+    "admin_unauthorized",
+    "No valid admin key",
+    MissingAdminKey.code_name,
+    MissingAdminKey.description,
+    headers=("WWW-Authenticate",),
+)
 MISSING_KEY = ErrorExample(
     401,
     "unauthorized",
@@ -33,7 +56,7 @@ MISSING_KEY = ErrorExample(
 )
 
 
-def configured_keys(setting):
+def configured_keys(setting, name="IDENTITY_API_KEYS"):
     """[(key, its hash)] for each comma-separated key; the hash names the key in rate-limit counts.
 
     Only an empty setting means "no keys". One that is not empty but names an empty key ("," or " ",
@@ -44,8 +67,7 @@ def configured_keys(setting):
     keys = [key.strip().encode() for key in setting.split(",")]
     if not all(keys):
         raise BadSetting(
-            f"IDENTITY_API_KEYS {setting!r} names an empty key: give comma-separated keys, or leave "
-            "it empty for none"
+            f"{name} {setting!r} names an empty key: give comma-separated keys, or leave it empty for none"
         )
     return [(key, hashlib.sha256(key).hexdigest()[:16]) for key in keys]
 
@@ -80,14 +102,39 @@ def key_hash():
 
 
 def demand_key():
-    """Refuse a request without a valid key when keys are configured; health is open."""
-    if current_app.extensions[EXTENSION] and request.path not in OPEN_PATHS and key_hash() is None:
+    """Refuse a request without a valid key when keys are configured; health is open, admin needs its own."""
+    if request.path.startswith(ADMIN_PREFIX):
+        demand_admin_key()
+    elif current_app.extensions[EXTENSION] and request.path not in OPEN_PATHS and key_hash() is None:
         raise MissingKey(www_authenticate=WWWAuthenticate("bearer"))
+
+
+def demand_admin_key():
+    """Refuse an admin request without a valid admin key; note which key it was, for the record."""
+    g.admin_key_hash = matching_key_hash(current_app.extensions[ADMIN_EXTENSION], presented_key())
+    if g.admin_key_hash is None:
+        raise MissingAdminKey(www_authenticate=WWWAuthenticate("bearer"))
+
+
+def admin_key_name():
+    """How the records name the admin key of this request."""
+    return f"admin key {g.admin_key_hash}"
+
+
+def separate(api_keys, admin_keys):
+    """Stop the start when one key is both an API key and an admin key."""
+    if {key for key, _ in api_keys} & {key for key, _ in admin_keys}:
+        raise BadSetting(
+            "IDENTITY_ADMIN_KEYS repeats a key of IDENTITY_API_KEYS: give admins keys of their own"
+        )
 
 
 def init_app(app):
     """Check every request's key against IDENTITY_API_KEYS; none set, no key is needed (logged)."""
     keys = app.extensions[EXTENSION] = configured_keys(app.config["IDENTITY_API_KEYS"])
+    admin_keys = configured_keys(app.config["IDENTITY_ADMIN_KEYS"], "IDENTITY_ADMIN_KEYS")
+    separate(keys, admin_keys)
+    app.extensions[ADMIN_EXTENSION] = admin_keys
     if not keys:
         log.info("API keys are off: IDENTITY_API_KEYS is empty, so every route answers without a key")
     app.before_request(demand_key)

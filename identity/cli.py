@@ -1,10 +1,19 @@
-"""Operator commands: `flask --app wsgi migrate`."""
+"""Operator commands: `flask --app wsgi migrate`, `flask --app wsgi blocked add|remove|list`."""
+
+import getpass
+import json
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
+from marshmallow import ValidationError
 
+from identity import db, repository
+from identity.blocking import RECOMMENDED
 from identity.migrations import setup_database
+from identity.schemas import BlockedValueKey, BlockedValueRequest
+
+blocked = AppGroup("blocked", help="The values that never link customers (README, 'Blocked values').")
 
 
 @click.command("migrate")
@@ -15,6 +24,81 @@ def migrate_command():
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 
+def loaded(schema, **given):
+    """What schema loads from given; its messages as a usage error."""
+    try:
+        return schema.load(given)
+    except ValidationError as error:
+        raise click.UsageError("; ".join(f"{k}: {' '.join(v)}" for k, v in error.messages.items())) from None
+
+
+def guessed_kind(value, kind):
+    """kind when given; else email for a value with an @, phone otherwise."""
+    return kind or ("email" if "@" in value else "phone")
+
+
+def describe(entry):
+    """One line for an entry of the list."""
+    shape = "pattern" if entry["pattern"] else "value"
+    who = f"{entry['addedBy']}, {entry['addedAt']}"
+    return f"{entry['kind']} {shape} {entry['value']!r}: {entry['reason']} ({who})"
+
+
+KIND = click.option("--kind", type=click.Choice(["email", "phone"]), help="Guessed from VALUE when left out.")
+PATTERN = click.option("--pattern", is_flag=True, help="VALUE is a regular expression matching whole values.")
+
+
+@blocked.command("add")
+@click.argument("value", required=False)
+@KIND
+@PATTERN
+@click.option("--reason", help="Why; required with VALUE.")
+@click.option(
+    "--by", "added_by", default=lambda: f"cli {getpass.getuser()}", help="Who; default the OS user."
+)
+@click.option("--recommended", is_flag=True, help="Add the recommended list (README).")
+def add_command(value, kind, pattern, reason, added_by, recommended):
+    """Block VALUE (or, with --recommended, the recommended list)."""
+    if bool(value) == recommended:
+        raise click.UsageError("give a VALUE or --recommended, not both")
+    entries = (
+        [vars(entry) for entry in RECOMMENDED]
+        if recommended
+        else [{"kind": guessed_kind(value, kind), "value": value, "pattern": pattern, "reason": reason}]
+    )
+    for entry in entries:
+        wanted = loaded(BlockedValueRequest(), **{k: v for k, v in entry.items() if v is not None})
+        added, new = db.run(repository.add_blocked_value, {**wanted, "added_by": added_by})
+        click.echo(("blocked " if new else "already blocked ") + describe(added))
+
+
+@blocked.command("remove")
+@click.argument("value")
+@KIND
+@PATTERN
+def remove_command(value, kind, pattern):
+    """Take VALUE off the list."""
+    wanted = loaded(BlockedValueKey(), kind=guessed_kind(value, kind), value=value, pattern=pattern)
+    removed = db.run(repository.remove_blocked_value, wanted)
+    if removed is None:
+        raise click.ClickException("not on the list")
+    click.echo("unblocked " + describe(removed))
+
+
+@blocked.command("list")
+@click.option("--json", "as_json", is_flag=True, help="The list as the admin API answers it.")
+def list_command(as_json):
+    """Every blocked value and pattern."""
+    version, entries = db.run(repository.blocked_values)
+    if as_json:
+        click.echo(json.dumps({"version": version, "blockedValues": entries}, indent=2))
+        return
+    for entry in entries:
+        click.echo(describe(entry))
+    click.echo(f"{len(entries)} blocked (version {version})")
+
+
 def init_app(app):
     """Register the commands on the app's CLI."""
     app.cli.add_command(migrate_command)
+    app.cli.add_command(blocked)

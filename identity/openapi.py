@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from identity import apidoc, schemas
-from identity.api_keys import MISSING_KEY, OPEN_PATHS
+from identity.api_keys import ADMIN_PREFIX, MISSING_ADMIN_KEY, MISSING_KEY, OPEN_PATHS
 from identity.errors import METHOD_NOT_ALLOWED, ROUTE_NOT_FOUND, UNEXPECTED
 from identity.rate_limit import RATE_LIMITED, UNLIMITED_PATHS
 from identity.serving import REQUEST_LINE_TOO_LONG
@@ -26,7 +26,17 @@ RULE_VARIABLE = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 UNDOCUMENTED_METHODS = {"HEAD", "OPTIONS"}
 # The only files of the bundle that /docs loads; nothing else of it is served.
 DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
-SCHEMAS = ("IdentifyRequest", "Contact", "Customer", "ErrorDetail", "Error", "Status")
+SCHEMAS = (
+    "IdentifyRequest",
+    "Contact",
+    "Customer",
+    "ErrorDetail",
+    "Error",
+    "Status",
+    "BlockedValueEntry",
+    "BlockedValueAnswer",
+    "BlockedValueList",
+)
 HEADERS = {
     "Retry-After": ("Seconds to wait before trying again.", {"type": "integer", "minimum": 0}),
     "Allow": ("The methods the route answers.", {"type": "string"}),
@@ -39,6 +49,7 @@ TAGS = [
         "description": "Health, readiness and metrics, for load balancers and monitoring.",
     },
     {"name": "documentation", "description": "This document and its Swagger UI page."},
+    {"name": "admin", "description": "What operators decide: the values that never link customers."},
 ]
 # A key, or none when IDENTITY_API_KEYS is unset.
 KEY_WHEN_SET = [{"apiKey": []}, {}]
@@ -47,13 +58,19 @@ SECURITY_SCHEME = {
     "scheme": "bearer",
     "description": "One of IDENTITY_API_KEYS; needed only when that setting is not empty.",
 }
+ADMIN_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "One of IDENTITY_ADMIN_KEYS; admin routes are closed while that setting is empty.",
+}
 INFO = {
     "description": (
         "Links a shop's checkout contacts into customers: contacts that share an email or a phone number "
         "belong to one customer, whose oldest contact is its primary.\n\n"
         "**Keys.** When the service runs with `IDENTITY_API_KEYS` set, every operation that lists the "
         "`apiKey` scheme needs `Authorization: Bearer <key>` with one of those keys, and answers 401 "
-        "without one; unset, nothing needs a key. The health checks never do.\n\n"
+        "without one; unset, nothing needs a key. The health checks never do. The admin routes need an "
+        "admin key (`adminKey`, one of `IDENTITY_ADMIN_KEYS`) and are closed while none is set.\n\n"
         '**Errors.** Every error has one shape, `{"error": {"code", "message", "fields"?}}`; `fields` maps '
         "each invalid field (or `_schema`) to its messages and appears on validation errors only. 429 "
         "and 503 say when to try again in `Retry-After`."
@@ -77,6 +94,7 @@ def build_document(app):
     )
     plugin.converter.add_attribute_function(field_property)
     spec.components.security_scheme("apiKey", SECURITY_SCHEME)
+    spec.components.security_scheme("adminKey", ADMIN_SCHEME)
     for name in SCHEMAS:
         spec.components.schema(name, schema=getattr(schemas, name))
     for name, (description, schema) in HEADERS.items():
@@ -138,9 +156,9 @@ def path_parameters(app, rule, overrides):
 
 def guard(path, result):
     """The key (api_keys) and rate-limit (rate_limit) errors that path may give; set its security."""
-    is_open = path in OPEN_PATHS
-    result["security"] = [] if is_open else KEY_WHEN_SET
-    errors = [] if is_open else [MISSING_KEY]
+    is_open, is_admin = path in OPEN_PATHS, path.startswith(ADMIN_PREFIX)
+    result["security"] = [] if is_open else [{"adminKey": []}] if is_admin else KEY_WHEN_SET
+    errors = [] if is_open else [MISSING_ADMIN_KEY] if is_admin else [MISSING_KEY]
     return errors if path in UNLIMITED_PATHS else [*errors, RATE_LIMITED]
 
 

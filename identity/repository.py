@@ -62,3 +62,26 @@ def first_value(conn, name, params):
         cur.execute(QUERIES[name], params)
         row = cur.fetchone()
     return None if row is None else row[0]
+
+
+def blocked_version(conn):
+    """The version of the blocked-value list, which every change to it moves."""
+    return first_value(conn, "blocked_version", None)
+
+
+def blocked_values(conn):
+    """(version, [entry]) of the whole blocked-value list, read in one snapshot."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES["blocked_values"])
+        return cur.fetchone()
+
+
+def add_blocked_value(conn, entry):
+    """(the entry, whether it was added): a value already on the list is left as it is."""
+    added = first_value(conn, "add_blocked_value", entry)
+    return (added, True) if added else (first_value(conn, "find_blocked_value", entry), False)
+
+
+def remove_blocked_value(conn, entry):
+    """The entry removed from the blocked-value list, or None when it was not on it."""
+    return first_value(conn, "remove_blocked_value", entry)

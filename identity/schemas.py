@@ -3,7 +3,8 @@
 import re
 import unicodedata
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validates_schema
+from marshmallow.validate import Length, OneOf
 
 MAX_EMAIL_LENGTH = 254
 PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
@@ -110,6 +111,101 @@ class CustomerQuery(Schema):
         """Refuse a lookup by both values, or by neither once normalised."""
         if (data.get("email") is None) == (data.get("phone_number") is None):
             raise ValidationError(NOT_EXACTLY_ONE)
+
+
+BLOCKED_KINDS = ("email", "phone")
+# As long as the longest email: a DELETE's query string then fits gunicorn's request line, even with
+# every character percent-encoded from four bytes of UTF-8.
+MAX_PATTERN_LENGTH = MAX_EMAIL_LENGTH
+
+
+def blocked_form(kind, value, pattern):
+    """value as the list holds it: a value normalised as /identify does it, or a checked pattern."""
+    if pattern:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValidationError(f"Not a regular expression: {error}.", "value") from None
+        return value
+    field = Email() if kind == "email" else PhoneNumber()
+    try:
+        normalised = field.deserialize(value)
+    except ValidationError as error:
+        raise ValidationError(error.messages, "value") from None
+    if normalised is None:
+        raise ValidationError("Nothing is left of it once normalised.", "value")
+    return normalised
+
+
+class JSONBoolean(fields.Boolean):
+    """true or false, nothing else: marshmallow's Boolean would take 0, 1, "yes" and more."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+PATTERN_DESCRIPTION = "value is a Python regular expression that must match a whole value."
+
+
+class BlockedValueKey(Schema):
+    """Which entry of the blocked-value list: its kind, and its exact value or its pattern."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    kind = fields.String(required=True, validate=OneOf(BLOCKED_KINDS))
+    value = fields.String(
+        required=True,
+        validate=Length(1, MAX_PATTERN_LENGTH),
+        metadata={"description": "Normalised as /identify normalises it; a pattern is taken as it is."},
+    )
+    # In a query string exactly `true` or `false`; the CLI passes booleans.
+    pattern = fields.Boolean(
+        load_default=False,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata={"description": PATTERN_DESCRIPTION},
+    )
+
+    @post_load
+    def in_blocked_form(self, data, **kwargs):
+        """The value as the list holds it."""
+        return {**data, "value": blocked_form(data["kind"], data["value"], data["pattern"])}
+
+
+class BlockedValueRequest(BlockedValueKey):
+    """A value to block, with the reason."""
+
+    pattern = JSONBoolean(load_default=False, metadata={"description": PATTERN_DESCRIPTION})
+    reason = fields.String(required=True, validate=Length(1, 500))
+
+
+class BlockedValueEntry(Schema):
+    """One entry of the blocked-value list."""
+
+    id = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=OneOf(BLOCKED_KINDS))
+    value = fields.String(required=True)
+    pattern = fields.Boolean(required=True)
+    reason = fields.String(required=True)
+    added_at = fields.DateTime(data_key="addedAt", required=True)
+    added_by = fields.String(data_key="addedBy", required=True)
+
+
+class BlockedValueAnswer(Schema):
+    """One entry, added, found or removed."""
+
+    blocked_value = fields.Nested(BlockedValueEntry, data_key="blockedValue", required=True)
+    added = fields.Boolean(metadata={"description": "POST only: false when the entry was already there."})
+
+
+class BlockedValueList(Schema):
+    """The whole list and its version, which moves on every change."""
+
+    version = fields.Integer(required=True)
+    blocked_values = fields.List(fields.Nested(BlockedValueEntry), data_key="blockedValues", required=True)
 
 
 class Contact(Schema):

@@ -1,8 +1,8 @@
 """The service's settings: each from the environment variable of its name, else its default, checked at start.
 
 A setting that makes no sense stops the app with a message naming it, before it serves a request.
-The settings of one part (RATE_LIMIT, IDENTITY_API_KEYS, TRUSTED_PROXY_HOPS) are checked where that
-part reads them; these are the rest.
+The settings of one part (RATE_LIMIT, IDENTITY_API_KEYS, IDENTITY_ADMIN_KEYS, TRUSTED_PROXY_HOPS) are
+checked where that part reads them; these are the rest.
 """
 
 import os
@@ -18,6 +18,8 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Comma-separated bearer keys; empty means no key is needed.
     "IDENTITY_API_KEYS": "",
+    # Comma-separated bearer keys for /admin routes; empty closes them.
+    "IDENTITY_ADMIN_KEYS": "",
     # Requests allowed per API key (or per client address without one), across all routes.
     "RATE_LIMIT": "5000 per second",
     # redis://host:port/db to share counts across workers and machines; memory:// keeps them per worker.

@@ -4,7 +4,7 @@ from flask import Blueprint
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
-from identity import apidoc, db, request_log, repository
+from identity import apidoc, blocking, db, request_log, repository
 from identity.apidoc import ErrorExample
 from identity.errors import DATABASE_DOWN, PAYLOAD_TOO_LARGE, ROUTE_NOT_FOUND, invalid_request
 from identity.json_body import MALFORMED_JSON, NOT_JSON, UNREADABLE_BODY
@@ -77,7 +77,8 @@ PRIMARY = {
     ["customers"],
     "Contacts sharing an email or a phone number become one customer, its oldest contact the primary; two "
     "customers joined by a request merge into the older. At least one value must remain after "
-    "normalisation; other keys are ignored. Always 200 when it succeeds.",
+    "normalisation; other keys are ignored. A blocked value (see /admin/blocked-values) counts as absent. "
+    "Always 200 when it succeeds.",
 )
 @apidoc.json_body(IdentifyRequest(), {name: (s, body) for name, (s, body, _) in IDENTIFY_EXAMPLES.items()})
 @apidoc.answers(
@@ -93,10 +94,12 @@ PRIMARY = {
     invalid_request("no_value", "Neither value", {"_schema": [NEITHER_VALUE]}),
     PAYLOAD_TOO_LARGE,
     NOT_JSON,
+    blocking.BLOCKED,
     DATABASE_DOWN,
 )
 def identify(wanted):
     """Link the checkout's contact details into one customer and answer with that customer."""
+    wanted = blocking.usable(wanted)
     outcome = db.run(repository.identify, wanted["email"], wanted["phone_number"])
     request_log.record_outcome(outcome, wanted)
     return {"contact": outcome.contact}
@@ -138,10 +141,14 @@ NO_HOLDER = ErrorExample(
     "The customer.", "Customer", {"mcfly": ("email=mcfly@hillvalley.edu", LORRAINE)}, links=PRIMARY
 )
 @apidoc.errors(
-    invalid_request("both", "Both or neither", {"_schema": [NOT_EXACTLY_ONE]}), NO_HOLDER, DATABASE_DOWN
+    invalid_request("both", "Both or neither", {"_schema": [NOT_EXACTLY_ONE]}),
+    NO_HOLDER,
+    blocking.BLOCKED,
+    DATABASE_DOWN,
 )
 def contact_by_identifier(wanted):
     """The customer holding the email or the phone number in the query string; writes nothing."""
+    wanted = blocking.usable(wanted)
     email, phone_number = wanted.get("email"), wanted.get("phone_number")
     return found(db.run(repository.customer_with_identifier, email, phone_number), NO_HOLDER)
 
