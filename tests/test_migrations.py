@@ -1,6 +1,7 @@
 """Migrations: applied in order, once each, tracked, and safe when several processes start at once."""
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -39,13 +40,12 @@ def test_a_fresh_database_gets_versioned_functions_that_no_later_migrate_replace
         assert functions(conn) == created
     finally:
         conn.close()
-    # The unversioned functions of the releases before were never created here.
-    assert set(created) == {
-        "identify_v1",
-        "customer_json_v1",
-        "matching_customers_v1",
-        "customer_contacts_v1",
-    }
+    # Every function has a versioned name; the unversioned ones of the releases before were never
+    # created here.
+    assert [name for name in created if not re.search(r"_v[0-9]+$", name)] == []
+    assert {"identify_v1", "customer_json_v1", "matching_customers_v1", "customer_contacts_v1"} <= set(
+        created
+    )
 
 
 def test_the_cli_command_reports_an_up_to_date_database(runner):

@@ -6,6 +6,7 @@ this release's migrate runs, and the two releases' statements are called on the 
 reading what the other wrote and both taking the same locks.
 """
 
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -239,12 +240,10 @@ def test_the_upgrade_adds_versioned_functions_and_leaves_the_old_ones_alone(
     after = functions(conn)
     assert {name: after[name] for name in before} == before, "an old function was replaced"
     versioned = {name: written for name, written in after.items() if name not in before}
-    assert set(versioned) == {
-        "identify_v1",
-        "customer_json_v1",
-        "matching_customers_v1",
-        "customer_contacts_v1",
-    }
+    assert [name for name in versioned if not re.search(r"_v[0-9]+$", name)] == [], "an unversioned name"
+    assert {"identify_v1", "customer_json_v1", "matching_customers_v1", "customer_contacts_v1"} <= set(
+        versioned
+    )
 
     # An old host restarting mid-deploy runs its migrate again: it re-creates only its own functions.
     migrate_as(previous, url)
