@@ -3,6 +3,8 @@
 import re
 import unicodedata
 
+import phonenumbers
+from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.validate import Length, OneOf
 
@@ -25,21 +27,50 @@ def is_forbidden_in_email(char):
     return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")
 
 
+def folded_email(value):
+    """value in NFKC with full case folding, trimmed: one address however its letters were typed.
+
+    NFKC makes compatibility forms one (fullwidth `ｊｏｈｎ`, ligatures) and composes letters written
+    decomposed (`e` + U+0301 is `é`); case folding is lower-casing for every script (Greek final
+    sigma is sigma, `ß` is `ss`). NFKC runs again after folding, which can leave a sequence decomposed.
+    Folding turns the Turkish dotted capital `İ` into `i` + U+0307; no address tells the two apart,
+    so the dot goes and `İvan` is `ivan`.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    return folded.replace("i\u0307", "i").strip()
+
+
+def phone_region():
+    """PHONE_REGION of the running app (empty: numbers are kept as digits, as the task has them)."""
+    return current_app.config["PHONE_REGION"] if has_app_context() else ""
+
+
+def in_e164(number, region):
+    """number read as a phone number of region, in E.164 (`+919876543210`); 400 unless it is possible."""
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        parsed = None
+    if parsed is None or not phonenumbers.is_possible_number(parsed):
+        raise ValidationError(f"Must be a possible phone number for the region {region}.")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
 class Email(fields.Field):
-    """An email address: trimmed, lower-cased; empty means absent. No DNS checks."""
+    """An email address: Unicode-normalised and case-folded, trimmed; empty means absent. No DNS checks."""
 
     def openapi_property(self, _converted):
         """A string; `format` hints at an address, which the service checks only loosely."""
         return {
             "type": "string",
             "format": "email",
-            "description": "Trimmed and lower-cased; blank is absent.",
+            "description": "Trimmed, in Unicode NFKC and case-folded; blank is absent.",
         }
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
             raise ValidationError("Must be a string or null.")
-        email = value.strip().lower()
+        email = folded_email(value)
         if not email:
             return None
         if len(email) > MAX_EMAIL_LENGTH:
@@ -63,7 +94,10 @@ class PhoneNumber(fields.Field):
         number = {"type": "integer", "minimum": 0, "maximum": self.LARGEST_INTEGER}
         return {
             "anyOf": [text, number],
-            "description": "Stored as an optional + and digits; blank is absent.",
+            "description": (
+                "Stored as an optional + and digits; with PHONE_REGION set, in E.164 and refused unless "
+                "possible for that region. Blank is absent."
+            ),
         }
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -76,7 +110,8 @@ class PhoneNumber(fields.Field):
         number = PHONE_SEPARATORS.sub("", value)
         if not PHONE_NUMBER.fullmatch(number):
             raise ValidationError("Must be 1 to 20 digits, with an optional leading + and separators.")
-        return number
+        region = phone_region()
+        return in_e164(number, region) if region else number
 
 
 class IdentifyRequest(Schema):

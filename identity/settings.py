@@ -7,6 +7,7 @@ checked where that part reads them; these are the rest.
 
 import os
 
+import phonenumbers
 from psycopg2 import ProgrammingError
 from psycopg2.extensions import parse_dsn
 
@@ -29,6 +30,8 @@ DEFAULTS = {
     # How many proxies in front of us may set X-Forwarded-For (nginx in deploy/: 1); 0 trusts none.
     "TRUSTED_PROXY_HOPS": 0,
     "LOG_LEVEL": "INFO",
+    # An ISO 3166 country code: phone numbers are then read as that country's and kept in E.164.
+    "PHONE_REGION": "",
 }
 # The least a whole-number setting may be: none of these works at 0.
 SMALLEST = {"DB_POOL_SIZE": 1, "DB_CONNECT_TIMEOUT": 1, "DB_STATEMENT_TIMEOUT_MS": 1, "MAX_CONTENT_LENGTH": 1}
@@ -63,6 +66,9 @@ def check(config):
             raise BadSetting(f"{name}={config[name]!r}: it must be a whole number, {smallest} or more")
     if config["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise BadSetting(f"LOG_LEVEL={config['LOG_LEVEL']!r}: use one of {', '.join(LOG_LEVELS)}")
+    config["PHONE_REGION"] = config["PHONE_REGION"].upper()
+    if config["PHONE_REGION"] and config["PHONE_REGION"] not in phonenumbers.SUPPORTED_REGIONS:
+        raise BadSetting(f"PHONE_REGION={config['PHONE_REGION']!r}: give an ISO 3166 country code such as IN")
     try:
         parse_dsn(config["DATABASE_URL"])
     except ProgrammingError:
