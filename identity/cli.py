@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app wsgi migrate`, `flask --app wsgi blocked add|remove|list`."""
+"""Operator commands: `flask --app wsgi migrate`, `blocked add|remove|list`, `renormalise`."""
 
 import getpass
 import json
@@ -8,7 +8,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 
-from identity import db, repository
+from identity import db, renormalise, repository
 from identity.blocking import RECOMMENDED
 from identity.migrations import setup_database
 from identity.schemas import BlockedValueKey, BlockedValueRequest
@@ -98,7 +98,23 @@ def list_command(as_json):
     click.echo(f"{len(entries)} blocked (version {version})")
 
 
+@click.command("renormalise")
+@click.option("--batch-size", type=click.IntRange(1), default=renormalise.BATCH_SIZE, show_default=True)
+@with_appcontext
+def renormalise_command(batch_size):
+    """Rewrite stored emails and phone numbers in today's normal form, merging as /identify would."""
+    counts = renormalise.renormalise(batch_size, lambda counts: click.echo(summary(counts), err=True))
+    click.echo(summary(counts))
+
+
+def summary(counts):
+    """One line of counts."""
+    names = ("read", "rewritten", "customers merged", "left as they are (refused now)")
+    return ", ".join(f"{name}: {counts[name]}" for name in names)
+
+
 def init_app(app):
     """Register the commands on the app's CLI."""
     app.cli.add_command(migrate_command)
     app.cli.add_command(blocked)
+    app.cli.add_command(renormalise_command)

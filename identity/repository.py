@@ -85,3 +85,20 @@ def add_blocked_value(conn, entry):
 def remove_blocked_value(conn, entry):
     """The entry removed from the blocked-value list, or None when it was not on it."""
     return first_value(conn, "remove_blocked_value", entry)
+
+
+def contacts_after(conn, after, batch_size):
+    """[(id, email, phone number)] of the next live contacts with ids above after, in id order."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES["contacts_after"], {"after": after, "batch_size": batch_size})
+        return cur.fetchall()
+
+
+def renormalise_contact(conn, contact_id, email, phone_number):
+    """Rewrite a live contact's values and merge what then shares one: (rewritten, primaries merged)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            QUERIES["renormalise_contact"], {"id": contact_id, "email": email, "phone_number": phone_number}
+        )
+        contact, merged = cur.fetchone()
+    return contact is not None, merged
