@@ -8,7 +8,7 @@ from identity.api_keys import admin_key_name
 from identity.apidoc import ErrorExample
 from identity.errors import DATABASE_DOWN, invalid_request
 from identity.json_body import MALFORMED_JSON, NOT_JSON
-from identity.schemas import BlockedValueKey, BlockedValueRequest
+from identity.schemas import AuditQuery, BlockedValueKey, BlockedValueRequest
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -99,3 +99,28 @@ def unblock_value(wanted):
     if removed is None:
         raise NotFound(NOT_BLOCKED.message)
     return {"blockedValue": removed}
+
+
+AUDIT_EXAMPLE = {
+    "largestCustomers": [{"primaryContactId": 3, "contacts": 2, "emails": 2, "phoneNumbers": 2}],
+    "mostJoiningValues": [
+        {"kind": "email", "value": "george@hillvalley.edu", "customersMerged": 1},
+        {"kind": "phone", "value": "717171", "customersMerged": 1},
+    ],
+    "recentRefusedLinks": [],
+}
+
+
+@bp.get("/audit")
+@apidoc.operation(
+    "audit",
+    "Where over-merging would show: largest customers, values that merged the most, recent refused links",
+    ["admin"],
+    "The largest customers are counted over the whole table: an audit, not a request path.",
+)
+@apidoc.query(AuditQuery())
+@apidoc.answers("The audit.", "Audit", {"george": ("After the task's George example", AUDIT_EXAMPLE)})
+@apidoc.errors(DATABASE_DOWN)
+def audit(wanted):
+    """The audit, each part at most limit entries long."""
+    return db.run(repository.audit, wanted["limit"])

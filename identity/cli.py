@@ -113,8 +113,41 @@ def summary(counts):
     return ", ".join(f"{name}: {counts[name]}" for name in names)
 
 
+@click.command("audit")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="As GET /admin/audit answers.")
+@with_appcontext
+def audit_command(limit, as_json):
+    """The largest customers, the values that merged the most customers, the recent refused links."""
+    found = db.run(repository.audit, limit)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    table(
+        "Largest customers",
+        ["primaryContactId", "contacts", "emails", "phoneNumbers"],
+        found["largestCustomers"],
+    )
+    table(
+        "Values that merged the most customers",
+        ["kind", "value", "customersMerged"],
+        found["mostJoiningValues"],
+    )
+    table("Recent refused links", ["at", "email", "phoneNumber", "reason"], found["recentRefusedLinks"])
+
+
+def table(title, columns, rows):
+    """rows as an aligned text table under title."""
+    cells = [columns, *([str(row.get(column, "")) for column in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    click.echo(f"\n{title}" + ("" if rows else ": none"))
+    for line in cells if rows else ():
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
 def init_app(app):
     """Register the commands on the app's CLI."""
     app.cli.add_command(migrate_command)
     app.cli.add_command(blocked)
     app.cli.add_command(renormalise_command)
+    app.cli.add_command(audit_command)

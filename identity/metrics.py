@@ -28,6 +28,7 @@ DURATION = Histogram(
 CONTACTS_CREATED = Counter("identity_contacts_created", "Contacts inserted, by precedence.", ["precedence"])
 CREATED = {precedence: CONTACTS_CREATED.labels(precedence) for precedence in ("primary", "secondary")}
 MERGES = Counter("identity_merges", "Customers merged into an older one (primaries demoted).")
+REFUSED_LINKS = Counter("identity_refused_links", "Links refused because a customer would pass a limit.")
 TRANSACTION_RETRIES = Counter(
     "identity_transaction_retries", "Transactions run again after a serialization failure or a deadlock."
 )

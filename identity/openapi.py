@@ -36,6 +36,11 @@ SCHEMAS = (
     "BlockedValueEntry",
     "BlockedValueAnswer",
     "BlockedValueList",
+    "Event",
+    "History",
+    "PathStep",
+    "Path",
+    "Audit",
 )
 HEADERS = {
     "Retry-After": ("Seconds to wait before trying again.", {"type": "integer", "minimum": 0}),

@@ -3,7 +3,7 @@
 Rows written before a release that normalises more (Unicode emails, PHONE_REGION) keep their old
 spelling. This walks the table in batches by id and rewrites each row whose values normalise
 differently, one short transaction per row, merging the customers that then share a value exactly as
-/identify would (sql/migrations/0006_renormalise_contact_v1.sql explains the locks). Requests go on
+/identify would (sql/migrations/0007_renormalise_contact_v1.sql explains the locks). Requests go on
 meanwhile: each waits at most for one row's rewrite. Run it again and it changes nothing.
 """
 

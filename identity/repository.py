@@ -1,9 +1,9 @@
 """Contacts in PostgreSQL: every function takes a connection first and never commits.
 
-Reconciliation runs as one statement, the versioned `identify_v1` function, so a request costs one
+Reconciliation runs as one statement, the versioned `identify_v2` function, so a request costs one
 round trip and one short transaction. How it stays correct under races (advisory locks on the
 identifiers, then the primaries' row locks in id order, serialization_failure to retry) is explained
-in full beside its code, in sql/migrations/0002_identify_v1.sql.
+in full in sql/migrations/0002_identify_v1.sql; what v2 adds (events, limits) in 0006_identify_v2.sql.
 """
 
 import weakref
@@ -23,6 +23,19 @@ class Outcome:
     contact: dict
     created: str | None
     merged: list
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most a customer may hold; None is no limit."""
+
+    max_emails: int | None = None
+    max_phone_numbers: int | None = None
+    max_contacts: int | None = None
+
+
+NO_LIMITS = Limits()
 
 
 def prepare(conn, cur):
@@ -32,13 +45,13 @@ def prepare(conn, cur):
         PREPARED.add(conn)
 
 
-def identify(conn, email, phone_number):
-    """Link the contact details into one customer and return the consolidated customer."""
+def identify(conn, email, phone_number, request_id=None, limits=NO_LIMITS):
+    """Link the contact details into one customer, record what changed, and return the customer."""
+    params = {"email": email, "phone_number": phone_number, "request_id": request_id, **vars(limits)}
     with conn.cursor() as cur:
         prepare(conn, cur)
-        cur.execute(QUERIES["identify"], {"email": email, "phone_number": phone_number})
-        contact, created, merged = cur.fetchone()
-    return Outcome(contact, created, merged)
+        cur.execute(QUERIES["identify"], params)
+        return Outcome(*cur.fetchone())
 
 
 def ping(conn):
@@ -58,9 +71,7 @@ def customer_with_identifier(conn, email, phone_number):
 
 def first_value(conn, name, params):
     """The first column of the first row the named statement returns, or None without a row."""
-    with conn.cursor() as cur:
-        cur.execute(QUERIES[name], params)
-        row = cur.fetchone()
+    row = first_row(conn, name, params)
     return None if row is None else row[0]
 
 
@@ -71,9 +82,7 @@ def blocked_version(conn):
 
 def blocked_values(conn):
     """(version, [entry]) of the whole blocked-value list, read in one snapshot."""
-    with conn.cursor() as cur:
-        cur.execute(QUERIES["blocked_values"])
-        return cur.fetchone()
+    return first_row(conn, "blocked_values", None)
 
 
 def add_blocked_value(conn, entry):
@@ -102,3 +111,30 @@ def renormalise_contact(conn, contact_id, email, phone_number):
         )
         contact, merged = cur.fetchone()
     return contact is not None, merged
+
+
+def customer_history(conn, contact_id):
+    """(customer, [event]) of a live contact's customer, oldest event first; None if not live."""
+    return first_row(conn, "customer_history", {"contact_id": contact_id})
+
+
+def customer_evidence(conn, contact_id):
+    """(primary id, [contact], [merge event]) of a live contact's customer; None if not live."""
+    return first_row(conn, "customer_evidence", {"contact_id": contact_id})
+
+
+def audit(conn, limit):
+    """The largest customers, the values that merged the most, the recent refused links."""
+    params = {"limit": limit}
+    return {
+        "largestCustomers": first_value(conn, "largest_customers", params),
+        "mostJoiningValues": first_value(conn, "most_joining_values", params),
+        "recentRefusedLinks": first_value(conn, "recent_refused_links", params),
+    }
+
+
+def first_row(conn, name, params):
+    """The first row the named statement returns, or None."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES[name], params)
+        return cur.fetchone()

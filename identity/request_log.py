@@ -49,6 +49,10 @@ def record_outcome(outcome, wanted):
         survivor = outcome.contact["primaryContatctId"]
         joined_by = {"email": wanted["email"], "phoneNumber": wanted["phone_number"]}
         log_info(merge_log, "customers merged", {"survivor": survivor, "merged": outcome.merged, **joined_by})
+    if outcome.refused:
+        metrics.REFUSED_LINKS.inc()
+        answered = outcome.contact["primaryContatctId"]
+        log_info(merge_log, "link refused", {"answered": answered, "reason": outcome.refused})
 
 
 def init_app(app):

@@ -6,7 +6,7 @@ import unicodedata
 import phonenumbers
 from flask import current_app, has_app_context
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validates_schema
-from marshmallow.validate import Length, OneOf
+from marshmallow.validate import Length, OneOf, Range
 
 MAX_EMAIL_LENGTH = 254
 PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
@@ -243,6 +243,15 @@ class BlockedValueList(Schema):
     blocked_values = fields.List(fields.Nested(BlockedValueEntry), data_key="blockedValues", required=True)
 
 
+class AuditQuery(Schema):
+    """How many entries each part of the audit lists."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    limit = fields.Integer(load_default=10, validate=Range(1, 1000))
+
+
 class Contact(Schema):
     """A consolidated customer."""
 
@@ -272,6 +281,70 @@ class Customer(Schema):
     """The answer of /identify and of the lookups."""
 
     contact = fields.Nested(Contact, required=True)
+
+
+class Event(Schema):
+    """A recorded change: a new contact, a merge, or a link refused by a limit."""
+
+    at = fields.DateTime(required=True)
+    request_id = fields.String(data_key="requestId", metadata={"description": "X-Request-ID of the request."})
+    kind = fields.String(required=True, validate=OneOf(("created", "merged", "refused")))
+    survivor_id = fields.Integer(
+        data_key="survivorId", required=True, metadata={"description": "The customer's primary after it."}
+    )
+    contact_ids = fields.List(
+        fields.Integer(),
+        data_key="contactIds",
+        required=True,
+        metadata={"description": "The contacts involved: a new contact, the survivor, the primaries merged."},
+    )
+    email = fields.String(metadata={"description": "The request's email."})
+    phone_number = fields.String(
+        data_key="phoneNumber", metadata={"description": "The request's phone number."}
+    )
+    reason = fields.String(metadata={"description": "Refused links only: the limit."})
+
+
+class History(Schema):
+    """A customer and how it came to be."""
+
+    contact = fields.Nested(Contact, required=True)
+    events = fields.List(fields.Nested(Event), required=True, metadata={"description": "Oldest first."})
+
+
+class PathContact(Schema):
+    """A contact on a path."""
+
+    id = fields.Integer(required=True)
+    email = fields.String(allow_none=True, required=True)
+    phone_number = fields.String(data_key="phoneNumber", allow_none=True, required=True)
+
+
+class PathStep(Schema):
+    """A contact, or the evidence linking the contacts before and after it."""
+
+    contact = fields.Nested(PathContact)
+    evidence = fields.Dict(
+        metadata={
+            "description": "`kind`: `shared email` or `shared phoneNumber` (with the value), `request` (the "
+            "email and phone number a request carried, its id and time), or `linked before events`."
+        }
+    )
+
+
+class Path(Schema):
+    """The shortest chain of evidence between two contacts of one customer."""
+
+    primary_contact_id = fields.Integer(data_key="primaryContactId", required=True)
+    path = fields.List(fields.Nested(PathStep), required=True)
+
+
+class Audit(Schema):
+    """Where over-merging would show: the largest customers, the values that merged the most, refusals."""
+
+    largest_customers = fields.List(fields.Dict(), data_key="largestCustomers", required=True)
+    most_joining_values = fields.List(fields.Dict(), data_key="mostJoiningValues", required=True)
+    recent_refused_links = fields.List(fields.Nested(Event), data_key="recentRefusedLinks", required=True)
 
 
 class ErrorDetail(Schema):

@@ -30,11 +30,23 @@ DEFAULTS = {
     # How many proxies in front of us may set X-Forwarded-For (nginx in deploy/: 1); 0 trusts none.
     "TRUSTED_PROXY_HOPS": 0,
     "LOG_LEVEL": "INFO",
+    # The most a customer may hold (README, "Limits per customer"); 0 is no limit.
+    "MAX_EMAILS_PER_CUSTOMER": 0,
+    "MAX_PHONE_NUMBERS_PER_CUSTOMER": 0,
+    "MAX_CONTACTS_PER_CUSTOMER": 0,
     # An ISO 3166 country code: phone numbers are then read as that country's and kept in E.164.
     "PHONE_REGION": "",
 }
-# The least a whole-number setting may be: none of these works at 0.
-SMALLEST = {"DB_POOL_SIZE": 1, "DB_CONNECT_TIMEOUT": 1, "DB_STATEMENT_TIMEOUT_MS": 1, "MAX_CONTENT_LENGTH": 1}
+# The least a whole-number setting may be.
+SMALLEST = {
+    "DB_POOL_SIZE": 1,
+    "DB_CONNECT_TIMEOUT": 1,
+    "DB_STATEMENT_TIMEOUT_MS": 1,
+    "MAX_CONTENT_LENGTH": 1,
+    "MAX_EMAILS_PER_CUSTOMER": 0,
+    "MAX_PHONE_NUMBERS_PER_CUSTOMER": 0,
+    "MAX_CONTACTS_PER_CUSTOMER": 0,
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -1,10 +1,10 @@
 """The HTTP API: validate, call the repository, answer; each operation documented on its view."""
 
-from flask import Blueprint
+from flask import Blueprint, current_app, g
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
-from identity import apidoc, blocking, db, request_log, repository
+from identity import apidoc, blocking, db, explain, request_log, repository
 from identity.apidoc import ErrorExample
 from identity.errors import DATABASE_DOWN, PAYLOAD_TOO_LARGE, ROUTE_NOT_FOUND, invalid_request
 from identity.json_body import MALFORMED_JSON, NOT_JSON, UNREADABLE_BODY
@@ -28,6 +28,16 @@ class ContactId(IntegerConverter):
 bp = Blueprint("api", __name__)
 # Before the routes: a rule finds its converters when it is added.
 bp.record_once(lambda state: state.app.url_map.converters.update(contact_id=ContactId))
+bp.record_once(lambda state: state.app.extensions.update(identity_limits=limits_of(state.app.config)))
+
+
+def limits_of(config):
+    """The limits per customer the settings ask for; 0 is none."""
+    return repository.Limits(
+        config["MAX_EMAILS_PER_CUSTOMER"] or None,
+        config["MAX_PHONE_NUMBERS_PER_CUSTOMER"] or None,
+        config["MAX_CONTACTS_PER_CUSTOMER"] or None,
+    )
 
 
 def customer(primary_id, emails, phone_numbers, secondary_ids):
@@ -100,7 +110,8 @@ PRIMARY = {
 def identify(wanted):
     """Link the checkout's contact details into one customer and answer with that customer."""
     wanted = blocking.usable(wanted)
-    outcome = db.run(repository.identify, wanted["email"], wanted["phone_number"])
+    limits = current_app.extensions["identity_limits"]
+    outcome = db.run(repository.identify, wanted["email"], wanted["phone_number"], g.request_id, limits)
     request_log.record_outcome(outcome, wanted)
     return {"contact": outcome.contact}
 
@@ -121,6 +132,103 @@ NO_CONTACT = ErrorExample(404, "contact", "Unknown contact", "not_found", "No li
 def contact_by_id(contact_id):
     """The customer the contact belongs to, found by any of its contacts' ids; writes nothing."""
     return found(db.run(repository.customer_of_contact, contact_id), NO_CONTACT)
+
+
+# The task's George example, as history and path answer it (tests/test_explain.py replays them).
+GEORGE_HISTORY = {
+    "contact": GEORGE["contact"],
+    "events": [
+        {
+            "at": "2026-11-30T09:00:00+00:00",
+            "requestId": "3f2a9c1e",
+            "kind": "created",
+            "survivorId": 3,
+            "contactIds": [3],
+            "email": "george@hillvalley.edu",
+            "phoneNumber": "919191",
+        },
+        {
+            "at": "2026-11-30T09:01:00+00:00",
+            "requestId": "77b0d4aa",
+            "kind": "created",
+            "survivorId": 4,
+            "contactIds": [4],
+            "email": "biffsucks@hillvalley.edu",
+            "phoneNumber": "717171",
+        },
+        {
+            "at": "2026-11-30T09:02:00+00:00",
+            "requestId": "c04e18f7",
+            "kind": "merged",
+            "survivorId": 3,
+            "contactIds": [3, 4],
+            "email": "george@hillvalley.edu",
+            "phoneNumber": "717171",
+        },
+    ],
+}
+GEORGE_PATH = {
+    "primaryContactId": 3,
+    "path": [
+        {"contact": {"id": 3, "email": "george@hillvalley.edu", "phoneNumber": "919191"}},
+        {
+            "evidence": {
+                "kind": "request",
+                "email": "george@hillvalley.edu",
+                "phoneNumber": "717171",
+                "requestId": "c04e18f7",
+                "at": "2026-11-30T09:02:00+00:00",
+            }
+        },
+        {"contact": {"id": 4, "email": "biffsucks@hillvalley.edu", "phoneNumber": "717171"}},
+    ],
+}
+
+
+@bp.get("/contacts/<contact_id:contact_id>/history")
+@apidoc.operation(
+    "customerHistory",
+    "How a contact's customer came to be: every recorded new contact, merge and refused link",
+    ["customers"],
+    "Oldest first. Events are recorded from the release that added them on; contacts older than that "
+    "show in the customer but have no event. Writes nothing.",
+    contact_id={"example": 4},
+)
+@apidoc.answers("The customer and its events.", "History", {"george": ("George's customer", GEORGE_HISTORY)})
+@apidoc.errors(NO_CONTACT, ROUTE_NOT_FOUND, DATABASE_DOWN)
+def customer_history(contact_id):
+    """The customer of the contact and every recorded event of its contacts, oldest first."""
+    found = db.run(repository.customer_history, contact_id)
+    if found is None:
+        raise NotFound(NO_CONTACT.message)
+    customer, events = found
+    return {"contact": customer, "events": events}
+
+
+NOT_ONE_CUSTOMER = ErrorExample(
+    404, "apart", "Not one customer", "not_found", "The two contacts are not live contacts of one customer."
+)
+
+
+@bp.get("/contacts/<contact_id:contact_id>/path/<contact_id:other_id>")
+@apidoc.operation(
+    "evidencePath",
+    "Why two contacts are one customer: the shortest chain of evidence between them",
+    ["customers"],
+    "Contacts alternate with the evidence that links them: a value both hold, or a request that carried "
+    "an email of one and a phone number of the other. Writes nothing.",
+    contact_id={"example": 3},
+    other_id={"example": 4},
+)
+@apidoc.answers("The path.", "Path", {"george": ("George to Biff", GEORGE_PATH)})
+@apidoc.errors(NOT_ONE_CUSTOMER, ROUTE_NOT_FOUND, DATABASE_DOWN)
+def evidence_path(contact_id, other_id):
+    """The shortest chain of evidence from one contact to the other, when they are one customer."""
+    found = db.run(repository.customer_evidence, contact_id)
+    path = found and explain.shortest_path(found[1], found[2], contact_id, other_id)
+    if not path:
+        raise NotFound(NOT_ONE_CUSTOMER.message)
+    return {"primaryContactId": found[0], "path": path}
 
 
 NO_HOLDER = ErrorExample(

@@ -1,12 +1,13 @@
 -- prepare_identify --
 -- Once per connection: the hot statement, parsed and planned once instead of on every request.
-PREPARE identify_contact (text, text) AS
-SELECT contact, created, merged
-FROM identify_v1($1, $2);
+PREPARE identify_contact_v2 (text, text, text, int, int, int) AS
+SELECT contact, created, merged, refused
+FROM identify_v2($1, $2, $3, $4, $5, $6);
 
 -- identify --
--- Reconcile one checkout's contact details; see sql/migrations/0002_identify_v1.sql.
-EXECUTE identify_contact (%(email)s, %(phone_number)s);
+-- Reconcile one checkout's contact details; see sql/migrations/0006_identify_v2.sql.
+EXECUTE identify_contact_v2 (
+    %(email)s, %(phone_number)s, %(request_id)s, %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s);
 
 -- ping --
 -- The cheapest statement that proves the database answers.

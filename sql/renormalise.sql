@@ -7,5 +7,5 @@ ORDER BY id
 LIMIT %(batch_size)s;
 
 -- renormalise_contact --
--- Rewrite one contact's values and merge what then shares a value (0006_renormalise_contact_v1.sql).
+-- Rewrite one contact's values and merge what then shares a value (0007_renormalise_contact_v1.sql).
 SELECT contact, merged FROM renormalise_contact_v1(%(id)s, %(email)s, %(phone_number)s);

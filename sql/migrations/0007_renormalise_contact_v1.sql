@@ -2,7 +2,7 @@
 -- (`flask --app wsgi renormalise`, identity/renormalise.py).
 --
 -- A release that normalises more (Unicode emails, PHONE_REGION) leaves older rows spelled the old
--- way, so one person may still be two customers. This rewrites one row and, through identify_v1
+-- way, so one person may still be two customers. This rewrites one row and, through identify_v2
 -- with the row's new values, merges every customer that now shares a value with it: the oldest
 -- primary survives and the others' rows are relinked to it, never a chain.
 --
@@ -14,7 +14,7 @@
 --      that hold a new value. A primary demoted while we waited drops out of the locked set, and
 --      then we start over (serialization_failure, retried by the caller) rather than lock out of
 --      order.
---   3. The row is rewritten, and identify_v1 merges under the locks we hold (it takes them again,
+--   3. The row is rewritten, and identify_v2 merges under the locks we hold (it takes them again,
 --      which PostgreSQL grants at once to their holder).
 CREATE FUNCTION renormalise_contact_v1(
     p_id bigint, p_email text, p_phone_number text,
@@ -64,6 +64,9 @@ BEGIN
     UPDATE contact c
     SET email = p_email, phone_number = p_phone_number, updated_at = clock_timestamp()
     WHERE c.id = p_id;
-    SELECT i.contact, i.merged INTO contact, merged FROM identify_v1(p_email, p_phone_number) i;
+    -- No limit applies: refusing this merge would leave one value with two customers. The merge is
+    -- recorded like any other, under the request id 'renormalise'.
+    SELECT i.contact, i.merged INTO contact, merged
+    FROM identify_v2(p_email, p_phone_number, 'renormalise', NULL, NULL, NULL) i;
 END
 $$;
