@@ -102,7 +102,10 @@ def unblock_value(wanted):
 
 
 AUDIT_EXAMPLE = {
-    "largestCustomers": [{"primaryContactId": 3, "contacts": 2, "emails": 2, "phoneNumbers": 2}],
+    "largestCustomers": [
+        {"primaryContactId": 1, "contacts": 2, "emails": 2, "phoneNumbers": 1},
+        {"primaryContactId": 3, "contacts": 2, "emails": 2, "phoneNumbers": 2},
+    ],
     "mostJoiningValues": [
         {"kind": "email", "value": "george@hillvalley.edu", "customersMerged": 1},
         {"kind": "phone", "value": "717171", "customersMerged": 1},
@@ -119,7 +122,7 @@ AUDIT_EXAMPLE = {
     "The largest customers are counted over the whole table: an audit, not a request path.",
 )
 @apidoc.query(AuditQuery())
-@apidoc.answers("The audit.", "Audit", {"george": ("After the task's George example", AUDIT_EXAMPLE)})
+@apidoc.answers("The audit.", "Audit", {"george": ("After the task's examples", AUDIT_EXAMPLE)})
 @apidoc.errors(DATABASE_DOWN)
 def audit(wanted):
     """The audit, each part at most limit entries long."""
