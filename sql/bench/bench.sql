@@ -44,3 +44,17 @@ SELECT count(*) FROM (SELECT 1 FROM contact WHERE deleted_at IS NULL
 
 -- table_size --
 SELECT count(*) FROM contact;
+
+-- block_values --
+-- For `--guarded`: 1,000 exact values and 20 patterns blocked beside the recommended list, none of
+-- them a value the load script sends, so every request pays the checks and none is refused.
+INSERT INTO blocked_value (kind, value, is_pattern, reason, added_by)
+SELECT CASE WHEN i % 2 = 0 THEN 'email' ELSE 'phone' END,
+       CASE WHEN i % 2 = 0 THEN 'blocked' || i || '@junk.example' ELSE '555' || lpad(i::text, 7, '0') END,
+       false, 'bench', 'bench'
+FROM generate_series(1, 1000) AS i
+UNION ALL
+SELECT CASE WHEN i % 2 = 0 THEN 'email' ELSE 'phone' END,
+       CASE WHEN i % 2 = 0 THEN '.+@junk' || i || '\.test' ELSE '\+?999' || i || '[0-9]*' END,
+       true, 'bench', 'bench'
+FROM generate_series(1, 20) AS i;

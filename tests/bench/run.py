@@ -313,6 +313,23 @@ def migrate_with(root, url):
     subprocess.run([str(root / ".venv/bin/flask"), "--app", "wsgi", "migrate"], cwd=root, env=env, check=True)
 
 
+# `--guarded`: issue 12's protections on, at values an operator might choose (README, "Limits").
+GUARD_LIMITS = {
+    "MAX_EMAILS_PER_CUSTOMER": "10",
+    "MAX_PHONE_NUMBERS_PER_CUSTOMER": "10",
+    "MAX_CONTACTS_PER_CUSTOMER": "50",
+}
+
+
+def guard(url):
+    """Block the recommended list, 1,000 values and 20 patterns in url; limits on for every service."""
+    env = {**os.environ, "DATABASE_URL": url}
+    command = [str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "blocked", "add", "--recommended"]
+    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    execute(url, "block_values")
+    os.environ.update(GUARD_LIMITS)  # a release before the limits ignores them
+
+
 def measured_checkout(customers, seconds, master):
     """One checkout run, with the workers' CPU time per request."""
     before = worker_cpu_seconds(master)
@@ -329,6 +346,8 @@ def compare(args):
         url = stack.enter_context(bench_database(customers))
         for root in roots.values():
             migrate_with(root, url)
+        if args.guarded:
+            guard(url)
         runs = {name: [] for name in roots}
         for _ in range(args.repeat):
             for name, root in roots.items():
@@ -357,6 +376,9 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="measured runs per figure; the median is shown")
     parser.add_argument("--soak", type=int, default=0, help="seconds of checkout while sampling memory")
     parser.add_argument("--compare", nargs="+", default=[], metavar="REF", help="git refs to run beside this")
+    parser.add_argument(
+        "--guarded", action="store_true", help="with --compare: blocked values and limits on (issue 12)"
+    )
     args = parser.parse_args()
     if args.soak:
         return soak(args)
