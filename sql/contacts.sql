@@ -29,3 +29,10 @@ WHERE c.id = %(contact_id)s
 -- partial indexes; no row when none does. identify never lets two customers share a value.
 SELECT customer_json_v1(m.primary_id)
 FROM matching_customers_v1(%(email)s, %(phone_number)s) m;
+
+-- identify_batch --
+-- Reconcile many checkouts in order, in one transaction; see sql/migrations/0008_identify_batch_v1.sql.
+SELECT item, contact, created, merged, refused
+FROM identify_batch_v1(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s,
+                       %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s)
+ORDER BY item;
