@@ -53,6 +53,11 @@ class BlockedValue(UnprocessableEntity):
     description = "Every value the request carries is blocked, so it can link to no customer."
 
 
+def blocked_item_message(index):
+    """What a batch's 422 says when item index carried only blocked values."""
+    return f"Item {index} carries only blocked values, so it can link to no customer; nothing was written."
+
+
 BLOCKED = ErrorExample(
     422, "blocked_value", "Only blocked values", BlockedValue.code_name, BlockedValue.description
 )

@@ -1,7 +1,7 @@
 """One JSON error shape for every error: {"error": {"code", "message", "fields"?}}."""
 
 import psycopg2
-from flask import current_app, jsonify
+from flask import current_app, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
@@ -67,10 +67,8 @@ def error_response(status, code, message, fields=None, headers=None):
 
 
 def too_large(error):
-    """A body over MAX_CONTENT_LENGTH, refused before it is read."""
-    return error_response(
-        413, "payload_too_large", body_limit_message(current_app.config["MAX_CONTENT_LENGTH"])
-    )
+    """A body over the route's limit (MAX_CONTENT_LENGTH, or MAX_BATCH_CONTENT_LENGTH), refused unread."""
+    return error_response(413, "payload_too_large", body_limit_message(request.max_content_length))
 
 
 def http_error(error):

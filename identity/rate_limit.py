@@ -9,7 +9,7 @@ import math
 import threading
 import time
 
-from flask import request
+from flask import current_app, request
 from limits import parse_many
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import Storage, storage_from_string
@@ -220,12 +220,15 @@ class RateLimit:
 
     def check(self):
         """The before_request hook: count the request, or refuse it with a 429 when over a limit."""
-        if request.path in UNLIMITED_PATHS:
-            return
+        if request.path not in UNLIMITED_PATHS:
+            self.charge(1)
+
+    def charge(self, cost):
+        """Count cost requests for this caller (a batch counts its items); 429 when over a limit."""
         identifiers = (self.key_prefix, caller())
         for limit in self.limits:
             # The first breached limit refuses the request; the limits after it do not count it.
-            if not self.limiter.hit(limit, *identifiers):
+            if not self.limiter.hit(limit, *identifiers, cost=cost):
                 raise RateLimited(
                     rate_limit_message(limit), retry_after=self.seconds_left(limit, identifiers)
                 )
@@ -240,6 +243,12 @@ def caller():
     """What a request is counted under: its valid API key, else its client address (after ProxyFix)."""
     key_hash = api_keys.key_hash()
     return f"key:{key_hash}" if key_hash else f"address:{request.remote_addr}"
+
+
+def charge(cost):
+    """Count cost more requests for the current caller (the request itself was counted already)."""
+    if cost > 0:
+        current_app.extensions[EXTENSION].charge(cost)
 
 
 def init_app(app):

@@ -54,6 +54,19 @@ def identify(conn, email, phone_number, request_id=None, limits=NO_LIMITS):
         return Outcome(*cur.fetchone())
 
 
+def identify_batch(conn, items, request_id=None, limits=NO_LIMITS):
+    """[Outcome] of identify for each item in order, as if posted one by one, in one transaction."""
+    params = {
+        "emails": [item["email"] for item in items],
+        "phone_numbers": [item["phone_number"] for item in items],
+        "request_id": request_id,
+        **vars(limits),
+    }
+    with conn.cursor() as cur:
+        cur.execute(QUERIES["identify_batch"], params)
+        return [Outcome(*row[1:]) for row in cur.fetchall()]
+
+
 def ping(conn):
     """Raise unless the database answers a trivial statement."""
     first_value(conn, "ping", None)

@@ -5,7 +5,7 @@ import unicodedata
 
 import phonenumbers
 from flask import current_app, has_app_context
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load, validates_schema
 from marshmallow.validate import Length, OneOf, Range
 
 MAX_EMAIL_LENGTH = 254
@@ -130,6 +130,49 @@ class IdentifyRequest(Schema):
         """Refuse a request that carries neither value once normalised."""
         if data.get("email") is None and data.get("phone_number") is None:
             raise ValidationError(NEITHER_VALUE)
+
+
+MAX_BATCH_ITEMS = 1000
+BATCH_SIZE = f"Give 1 to {MAX_BATCH_ITEMS} contacts; send more in several batches."
+
+
+def flat_messages(messages):
+    """marshmallow's messages with each item's keyed by its index and field, as "3.phoneNumber"."""
+    flat = {}
+    for key, inner in messages.items():
+        if key == "contacts" and isinstance(inner, dict):
+            flat.update({f"{i}.{name}": text for i, item in inner.items() for name, text in item.items()})
+        else:
+            flat[key] = inner
+    return flat
+
+
+class IdentifyBatchRequest(Schema):
+    """The body of POST /identify/batch: the items, each exactly as /identify takes its body."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    error_messages = {"type": "The body must be a JSON object."}
+
+    contacts = fields.List(
+        fields.Nested(IdentifyRequest),
+        required=True,
+        validate=Length(1, MAX_BATCH_ITEMS, error=BATCH_SIZE),
+        metadata={"description": f"1 to {MAX_BATCH_ITEMS} items, applied in this order."},
+    )
+
+    @pre_load
+    def at_most_the_limit(self, data, **kwargs):
+        """Refuse an oversized batch before its items are read, with the limit as the only message."""
+        items = data.get("contacts") if isinstance(data, dict) else None
+        if isinstance(items, list) and len(items) > MAX_BATCH_ITEMS:
+            raise ValidationError(BATCH_SIZE, "contacts")
+        return data
+
+    def handle_error(self, error, data, **kwargs):
+        """An item's messages are keyed by its index and field, as "3.phoneNumber"."""
+        raise ValidationError(flat_messages(error.messages)) from error
 
 
 class CustomerQuery(Schema):
@@ -281,6 +324,12 @@ class Customer(Schema):
     """The answer of /identify and of the lookups."""
 
     contact = fields.Nested(Contact, required=True)
+
+
+class Customers(Schema):
+    """The answer of /identify/batch: each item's customer as /identify answers it, in order."""
+
+    contacts = fields.List(fields.Nested(Contact), required=True)
 
 
 class Event(Schema):

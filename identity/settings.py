@@ -17,6 +17,8 @@ DEFAULTS = {
     "DB_CONNECT_TIMEOUT": 3,
     "DB_STATEMENT_TIMEOUT_MS": 5000,
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # The body limit of POST /identify/batch alone: room for 1000 items of the longest values.
+    "MAX_BATCH_CONTENT_LENGTH": 512 * 1024,
     # Comma-separated bearer keys; empty means no key is needed.
     "IDENTITY_API_KEYS": "",
     # Comma-separated bearer keys for /admin routes; empty closes them.
@@ -43,6 +45,7 @@ SMALLEST = {
     "DB_CONNECT_TIMEOUT": 1,
     "DB_STATEMENT_TIMEOUT_MS": 1,
     "MAX_CONTENT_LENGTH": 1,
+    "MAX_BATCH_CONTENT_LENGTH": 1,
     "MAX_EMAILS_PER_CUSTOMER": 0,
     "MAX_PHONE_NUMBERS_PER_CUSTOMER": 0,
     "MAX_CONTACTS_PER_CUSTOMER": 0,

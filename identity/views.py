@@ -1,15 +1,16 @@
 """The HTTP API: validate, call the repository, answer; each operation documented on its view."""
 
-from flask import Blueprint, current_app, g
+from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
-from identity import apidoc, blocking, db, explain, request_log, repository
+from identity import apidoc, blocking, db, explain, rate_limit, request_log, repository
 from identity.apidoc import ErrorExample
 from identity.errors import DATABASE_DOWN, PAYLOAD_TOO_LARGE, ROUTE_NOT_FOUND, invalid_request
 from identity.json_body import MALFORMED_JSON, NOT_JSON, UNREADABLE_BODY
 from identity.schemas import NEITHER_VALUE, NOT_A_PHONE_NUMBER_TYPE, NOT_EXACTLY_ONE
-from identity.schemas import CustomerQuery, IdentifyRequest
+from identity.blocking import BlockedValue, blocked_item_message
+from identity.schemas import BATCH_SIZE, MAX_BATCH_ITEMS, CustomerQuery, IdentifyBatchRequest, IdentifyRequest
 
 # contact.id is a bigint: a larger id matches no route, so it never reaches PostgreSQL.
 MAX_CONTACT_ID = 2**63 - 1
@@ -114,6 +115,79 @@ def identify(wanted):
     outcome = db.run(repository.identify, wanted["email"], wanted["phone_number"], g.request_id, limits)
     request_log.record_outcome(outcome, wanted)
     return {"contact": outcome.contact}
+
+
+# Three of the task's orders in one batch, as a fresh install answers it (tests/test_openapi.py replays it).
+BATCH_BODY = {
+    "contacts": [
+        {"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"},
+        {"email": "mcfly@hillvalley.edu", "phoneNumber": "123456"},
+        {"email": None, "phoneNumber": 123456},
+    ]
+}
+BATCH_ANSWER = {
+    "contacts": [
+        IDENTIFY_EXAMPLES["lorraine"][2]["contact"],
+        LORRAINE["contact"],
+        LORRAINE["contact"],
+    ]
+}
+BATCH_ERROR = {"1.phoneNumber": ["Must be 1 to 20 digits, with an optional leading + and separators."]}
+BATCH_BLOCKED = ErrorExample(
+    422, "blocked_item", "An item with only blocked values", BlockedValue.code_name, blocked_item_message(2)
+)
+
+
+@bp.before_request
+def batch_body_limit():
+    """The batch route reads up to MAX_BATCH_CONTENT_LENGTH; every other route MAX_CONTENT_LENGTH."""
+    if request.endpoint == "api.identify_batch":
+        request.max_content_length = current_app.config["MAX_BATCH_CONTENT_LENGTH"]
+
+
+@bp.post("/identify/batch")
+@apidoc.operation(
+    "identifyBatch",
+    "Link many checkouts' contact details, in order, in one transaction",
+    ["customers"],
+    f"1 to {MAX_BATCH_ITEMS} items, each taken as /identify takes its body and answered as /identify "
+    "would answer it had the items been posted one by one in this order: a later item sees what the "
+    "earlier ones wrote. All or nothing: an invalid item refuses the batch with its errors keyed by "
+    "index and field (`1.phoneNumber`), an item left with only blocked values refuses it with 422, and "
+    "a database failure writes nothing. Against the rate limit a batch counts as its number of items. "
+    "The body may be up to MAX_BATCH_CONTENT_LENGTH bytes.",
+)
+@apidoc.json_body(IdentifyBatchRequest(), {"orders": ("Three orders of one customer", BATCH_BODY)})
+@apidoc.answers(
+    "Each item's customer, in the items' order.", "Customers", {"orders": ("Three orders", BATCH_ANSWER)}
+)
+@apidoc.errors(
+    MALFORMED_JSON,
+    UNREADABLE_BODY,
+    invalid_request("invalid_item", "An invalid item", BATCH_ERROR),
+    invalid_request("too_many", "More items than the limit", {"contacts": [BATCH_SIZE]}),
+    PAYLOAD_TOO_LARGE,
+    NOT_JSON,
+    BATCH_BLOCKED,
+    DATABASE_DOWN,
+)
+def identify_batch(wanted):
+    """Link each item's contact details in order, in one transaction, and answer with each customer."""
+    items = [usable_item(index, item) for index, item in enumerate(wanted["contacts"])]
+    rate_limit.charge(len(items) - 1)
+    limits = current_app.extensions["identity_limits"]
+    outcomes = db.run(repository.identify_batch, items, g.request_id, limits)
+    for outcome, item in zip(outcomes, items, strict=True):
+        request_log.record_outcome(outcome, item)
+    return {"contacts": [outcome.contact for outcome in outcomes]}
+
+
+def usable_item(index, item):
+    """item with its blocked values made absent; 422 naming its index when it carried only those."""
+    try:
+        return blocking.usable(item)
+    except BlockedValue:
+        raise BlockedValue(blocked_item_message(index)) from None
 
 
 NO_CONTACT = ErrorExample(404, "contact", "Unknown contact", "not_found", "No live contact has this id.")

@@ -1,0 +1,164 @@
+"""POST /identify/batch: each item answered as /identify would answer it posted alone, in order, all or nothing."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_app
+from identity import repository
+from test_model import GEORGE_AND_BIFF, MERGE_RELINKS_SECONDARIES, bodies, real_events, real_table
+from test_security import KEYS, bearer
+
+ORDERS = [
+    {"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"},
+    {"email": "mcfly@hillvalley.edu", "phoneNumber": "123456"},
+    {"email": "doc@hillvalley.edu", "phoneNumber": "555"},
+]
+
+
+def batch(client, items, headers=None):
+    """POST /identify/batch with items; return (status, json)."""
+    response = client.post("/identify/batch", json={"contacts": items}, headers=headers)
+    return response.status_code, response.get_json()
+
+
+def empty(conn):
+    """Empty the tables and restart their ids, as a fresh install has them."""
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE contact, contact_event RESTART IDENTITY")
+
+
+def single_answers(client, conn, items):
+    """(answers, table, events) of posting the items one by one to /identify from an empty table."""
+    empty(conn)
+    answers = [client.post("/identify", json=item).get_json()["contact"] for item in items]
+    return answers, real_table(conn), real_events(conn)
+
+
+# Batches that split a history anywhere: the answers never depend on where one batch ends.
+histories = st.integers(1, 25).flatmap(lambda n: st.lists(bodies, min_size=n, max_size=n))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=histories, cut=st.integers(0, 25))
+@example(items=GEORGE_AND_BIFF, cut=0)
+@example(items=MERGE_RELINKS_SECONDARIES, cut=2)
+def test_batches_answer_and_write_as_the_items_posted_one_by_one(client, conn, items, cut):
+    expected = single_answers(client, conn, items)
+    empty(conn)
+    answers = []
+    for part in (items[:cut], items[cut:]):
+        if part:
+            status, body = batch(client, part)
+            assert status == 200, body
+            answers += body["contacts"]
+    assert (answers, real_table(conn), real_events(conn)) == expected
+
+
+def test_a_later_item_sees_the_earlier_ones(client, conn):
+    status, body = batch(client, ORDERS[:2])
+    assert status == 200
+    assert [answer["secondaryContactIds"] for answer in body["contacts"]] == [[], [2]]
+    assert [row[3] for row in real_table(conn)] == [None, 1]
+
+
+def test_an_invalid_item_refuses_the_batch_keyed_by_index_and_writes_nothing(client, conn):
+    status, body = batch(client, [ORDERS[0], {"email": "a@b.c"}, {"phoneNumber": "12x"}, {}])
+    assert status == 400
+    assert body["error"]["code"] == "invalid_request"
+    assert set(body["error"]["fields"]) == {"2.phoneNumber", "3._schema"}
+    assert real_table(conn) == []
+
+
+def test_a_database_failure_writes_nothing(app, client, conn):
+    # The second item's email is longer than the column allows only inside this test's database: the
+    # first item has written by then, and the failure must take it back.
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE contact ADD CONSTRAINT short_email CHECK (length(email) < 20)")
+    response = client.post("/identify/batch", json={"contacts": [ORDERS[0] | {"email": "a@b.c"}, ORDERS[1]]})
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "internal_error"
+    assert real_table(conn) == [] and real_events(conn) == []
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+def test_outside_1_to_1000_items_the_batch_is_refused_saying_the_limit(client, conn, count):
+    status, body = batch(client, [ORDERS[0]] * count)
+    assert status == 400
+    assert body["error"]["fields"] == {"contacts": ["Give 1 to 1000 contacts; send more in several batches."]}
+    assert real_table(conn) == []
+
+
+def test_1000_items_fit_the_batch_body_limit(client, conn):
+    items = [{"email": f"{'x' * 200}{n}@hillvalley.edu", "phoneNumber": f"{n:020d}"} for n in range(1000)]
+    status, body = batch(client, items)
+    assert status == 200 and len(body["contacts"]) == 1000
+    assert len(real_table(conn)) == 1000
+
+
+def test_the_batch_body_limit_is_its_own_setting(database_url):
+    app = make_app(database_url, MAX_BATCH_CONTENT_LENGTH=1024)
+    try:
+        response = app.test_client().post("/identify/batch", json={"contacts": [ORDERS[0]] * 20})
+        assert response.status_code == 413
+        assert response.get_json()["error"]["message"] == "The body must be at most 1 KiB."
+        assert app.test_client().post("/identify", json={"email": "x" * 2000 + "@a.b"}).status_code == 400
+    finally:
+        app.extensions["identity_pool"].closeall()
+
+
+def test_an_item_with_only_blocked_values_refuses_the_batch_naming_it(client, conn):
+    entry = {"kind": "phone", "value": "555", "pattern": False, "reason": "test", "added_by": "test"}
+    repository.add_blocked_value(conn, entry)
+    status, body = batch(client, [ORDERS[0], {"email": None, "phoneNumber": "555"}])
+    assert status == 422
+    assert body["error"]["code"] == "blocked_value" and "Item 1 " in body["error"]["message"]
+    status, body = batch(client, [ORDERS[2]])
+    assert status == 200 and body["contacts"][0]["phoneNumbers"] == []
+    assert [row[1:3] for row in real_table(conn)] == [("doc@hillvalley.edu", None)]
+
+
+@pytest.fixture
+def make(database_url):
+    apps = []
+
+    def make_with(**settings):
+        apps.append(make_app(database_url, **settings))
+        return apps[-1]
+
+    yield make_with
+    for app in apps:
+        app.extensions["identity_pool"].closeall()
+
+
+def test_the_batch_takes_the_same_keys_as_identify(make):
+    client = make(IDENTITY_API_KEYS=KEYS).test_client()
+    assert batch(client, ORDERS)[0] == 401
+    assert batch(client, ORDERS, bearer("wrong-key-0123456789"))[0] == 401
+    assert batch(client, ORDERS, bearer("second-key-9876543210"))[0] == 200
+
+
+def test_against_the_rate_limit_a_batch_counts_as_its_items(make, conn):
+    client = make(RATE_LIMIT="5 per day").test_client()
+    assert batch(client, ORDERS)[0] == 200
+    status, body = batch(client, ORDERS)  # 3 + 3 > 5: refused before anything is written
+    assert (status, body["error"]["code"]) == (429, "rate_limited")
+    assert len(real_table(conn)) == 3
+    assert client.post("/identify", json=ORDERS[0]).status_code == 429  # the window's 5 are spent
+
+
+def test_concurrent_batches_with_crossing_values_all_succeed_as_some_order(database_url, conn):
+    app = make_app(database_url, DB_POOL_SIZE=8)
+    items = [{"email": f"e{n % 7}@x.io", "phoneNumber": str(1000 + n % 5)} for n in range(40)]
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            runs = [pool.submit(batch, app.test_client(), items[k:] + items[:k]) for k in range(0, 40, 4)]
+            assert all(run.result()[0] == 200 for run in runs)
+    finally:
+        app.extensions["identity_pool"].closeall()
+    rows = real_table(conn)
+    assert [row for row in rows if row[4] == "primary"] == [rows[0]]
+    assert all(row[3] == 1 for row in rows[1:])
+    assert {row[1] for row in rows} == {f"e{n}@x.io" for n in range(7)}
