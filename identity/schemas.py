@@ -141,7 +141,10 @@ def flat_messages(messages):
     flat = {}
     for key, inner in messages.items():
         if key == "contacts" and isinstance(inner, dict):
-            flat.update({f"{i}.{name}": text for i, item in inner.items() for name, text in item.items()})
+            for i, item in inner.items():
+                # An item that is not an object (null, a number) has messages of its own, not by field.
+                item = item if isinstance(item, dict) else {"_schema": item}
+                flat.update({f"{i}.{name}": text for name, text in item.items()})
         else:
             flat[key] = inner
     return flat

@@ -1,4 +1,4 @@
-"""POST /identify/batch: each item answered as /identify would answer it posted alone, in order, all or nothing."""
+"""POST /identify/batch: each item answered as /identify would answer it alone, in order, all or nothing."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,10 +65,10 @@ def test_a_later_item_sees_the_earlier_ones(client, conn):
 
 
 def test_an_invalid_item_refuses_the_batch_keyed_by_index_and_writes_nothing(client, conn):
-    status, body = batch(client, [ORDERS[0], {"email": "a@b.c"}, {"phoneNumber": "12x"}, {}])
+    status, body = batch(client, [ORDERS[0], {"email": "a@b.c"}, {"phoneNumber": "12x"}, {}, None, 7])
     assert status == 400
     assert body["error"]["code"] == "invalid_request"
-    assert set(body["error"]["fields"]) == {"2.phoneNumber", "3._schema"}
+    assert set(body["error"]["fields"]) == {"2.phoneNumber", "3._schema", "4._schema", "5._schema"}
     assert real_table(conn) == []
 
 
