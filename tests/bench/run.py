@@ -39,6 +39,7 @@ SERVER_URL = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
 WORKLOADS = ("checkout", "new", "merge")
 MEDIANS = ("rps", "p50_us", "p99_us", "cpu_us")
+BATCH_ITEMS = 100  # items per request of the batch workload (workloads.lua)
 CHECKS = ("broken_links", "split_values", "lost_customers", "duplicate_contacts")
 
 
@@ -226,6 +227,27 @@ def bench_size(customers, args):
     return rows
 
 
+def bench_batch(customers, args):
+    """Single /identify checkouts beside /identify/batch of 100 of them, taking turns, in records/s."""
+    runs = {"checkout": [], "batch": []}
+    with bench_database(customers) as url, service("wsgi:app", url) as master:
+        for workload in runs:
+            wrk(workload, customers, args.warmup)
+        for _ in range(args.repeat):
+            for workload, figures in runs.items():
+                figures.append(wrk(workload, customers, args.duration))
+        checks = violations(url, customers)
+    print(f"{'run':<32}{'records/s':>11}{'req/s':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for workload, figures in runs.items():
+        f = summary(figures)
+        records = f["rps"] * (BATCH_ITEMS if workload == "batch" else 1)
+        print(
+            f"{workload + ' @ ' + format(customers, ','):<32}{records:>11.0f}{f['rps']:>9.0f}"
+            f"{f['p99_us'] / 1000:>9.2f}{f['non_2xx']:>9}"
+        )
+    print(f"invariants broken: {sum(checks.values())}; worker RSS MiB: {worker_rss_mib(master)}")
+
+
 def ceiling(args):
     """The web stack alone: a JSON echo under the same gunicorn settings."""
     with service("echo:app") as master:
@@ -379,7 +401,12 @@ def main():
     parser.add_argument(
         "--guarded", action="store_true", help="with --compare: blocked values and limits on (issue 12)"
     )
+    parser.add_argument(
+        "--batch", action="store_true", help="single /identify beside /identify/batch of 100, taking turns"
+    )
     args = parser.parse_args()
+    if args.batch:
+        return [bench_batch(customers, args) for customers in args.customers]
     if args.soak:
         return soak(args)
     if args.compare:

@@ -64,10 +64,19 @@ local function merge_storm()
   return body(email(i), phone(partner(i)))
 end
 
-local bodies = { checkout = checkout, new = new_customers, merge = merge_storm, echo = checkout }
+local BATCH_ITEMS = 100 -- the batch workload: the checkout mix, this many items per POST /identify/batch
+
+local function batch()
+  local items = {}
+  for k = 1, BATCH_ITEMS do items[k] = checkout() end
+  return '{"contacts":[' .. table.concat(items, ",") .. ']}'
+end
+
+local bodies = { checkout = checkout, new = new_customers, merge = merge_storm, echo = checkout, batch = batch }
 
 function request()
-  return wrk.format(nil, nil, nil, bodies[workload]())
+  local path = workload == "batch" and "/identify/batch" or "/identify"
+  return wrk.format(nil, path, nil, bodies[workload]())
 end
 
 function done(summary, latency, requests)
