@@ -56,6 +56,38 @@ def in_e164(number, region):
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+def normal_email(value):
+    """An email as /identify stores it, None when blank; ValidationError when it is no address.
+
+    A plain function, so a bulk import normalises with this very code without a schema per record.
+    """
+    if not isinstance(value, str):
+        raise ValidationError("Must be a string or null.")
+    email = folded_email(value)
+    if not email:
+        return None
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise ValidationError(f"Must be at most {MAX_EMAIL_LENGTH} characters.")
+    local, at, domain = email.partition("@")
+    if not (at and local and domain) or "@" in domain or any(map(is_forbidden_in_email, email)):
+        raise ValidationError("Must be an address with one @, text on both sides, no spaces.")
+    return email
+
+
+def normal_phone_number(value, region=""):
+    """A phone number as /identify stores it under region ("" keeps digits), None when blank; else 400."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValidationError(NOT_A_PHONE_NUMBER_TYPE)
+    if not value.strip():
+        return None
+    number = PHONE_SEPARATORS.sub("", value)
+    if not PHONE_NUMBER.fullmatch(number):
+        raise ValidationError("Must be 1 to 20 digits, with an optional leading + and separators.")
+    return in_e164(number, region) if region else number
+
+
 class Email(fields.Field):
     """An email address: Unicode-normalised and case-folded, trimmed; empty means absent. No DNS checks."""
 
@@ -68,17 +100,7 @@ class Email(fields.Field):
         }
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str):
-            raise ValidationError("Must be a string or null.")
-        email = folded_email(value)
-        if not email:
-            return None
-        if len(email) > MAX_EMAIL_LENGTH:
-            raise ValidationError(f"Must be at most {MAX_EMAIL_LENGTH} characters.")
-        local, at, domain = email.partition("@")
-        if not (at and local and domain) or "@" in domain or any(map(is_forbidden_in_email, email)):
-            raise ValidationError("Must be an address with one @, text on both sides, no spaces.")
-        return email
+        return normal_email(value)
 
 
 class PhoneNumber(fields.Field):
@@ -101,17 +123,7 @@ class PhoneNumber(fields.Field):
         }
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            value = str(value)
-        if not isinstance(value, str):
-            raise ValidationError(NOT_A_PHONE_NUMBER_TYPE)
-        if not value.strip():
-            return None
-        number = PHONE_SEPARATORS.sub("", value)
-        if not PHONE_NUMBER.fullmatch(number):
-            raise ValidationError("Must be 1 to 20 digits, with an optional leading + and separators.")
-        region = phone_region()
-        return in_e164(number, region) if region else number
+        return normal_phone_number(value, phone_region())
 
 
 class IdentifyRequest(Schema):
