@@ -123,7 +123,14 @@ AUDIT_EXAMPLE = {
 )
 @apidoc.query(AuditQuery())
 @apidoc.answers("The audit.", "Audit", {"george": ("After the task's examples", AUDIT_EXAMPLE)})
-@apidoc.errors(DATABASE_DOWN)
+@apidoc.errors(
+    invalid_request(
+        "limit",
+        "A limit out of range",
+        {"limit": ["Must be greater than or equal to 1 and less than or equal to 1000."]},
+    ),
+    DATABASE_DOWN,
+)
 def audit(wanted):
     """The audit, each part at most limit entries long."""
     return db.run(repository.audit, wanted["limit"])

@@ -171,6 +171,23 @@ def test_a_64_kib_body_reaches_the_app_and_one_byte_more_is_refused_by_nginx(ngi
     assert spilled == (piece == 1), "only bodies sent in tiny chunks should leave nginx's memory"
 
 
+def batch_of_size(size):
+    """A valid POST /identify/batch body of exactly size bytes, padded by a key the app ignores."""
+    stem = json.dumps({"contacts": [{"email": LORRAINE}], "pad": ""})
+    body = stem[:-2] + "x" * (size - len(stem)) + stem[-2:]
+    assert len(body) == size
+    return body.encode()
+
+
+def test_a_batch_body_up_to_its_own_limit_reaches_the_app_and_one_byte_more_is_refused(nginx):
+    headers = {"Content-Type": "application/json", "X-Request-ID": "batch-at-limit"}
+    at_limit = send(nginx.port, "POST", "/identify/batch", batch_of_size(512 * 1024), headers)
+    assert at_limit[0] == 200 and at_limit[2]["contacts"][0]["emails"] == [LORRAINE]
+    over = send(nginx.port, "POST", "/identify/batch", batch_of_size(512 * 1024 + 1), headers)
+    assert_error(over, 413, "payload_too_large")
+    assert "buffered to a temporary file" not in nginx.log.read_text()
+
+
 def get_with_line(nginx, where, length):
     """GET /healthz with its request line, or else one header line, exactly length bytes long."""
     if where == "request line":

@@ -3,7 +3,7 @@
 import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 from helpers import all_contacts
@@ -12,7 +12,7 @@ from test_concurrency import assert_links_name_live_primaries, assert_primaries_
 
 from conftest import make_app
 
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 FULLWIDTH = {chr(c): chr(c + 0xFEE0) for c in range(ord("a"), ord("z") + 1)}
 # Rows as an older release stored them: (id, email, phone number, linked id, days after START).
 OLD_ROWS = [
