@@ -1,0 +1,178 @@
+"""Reading an import file: CSV or JSON Lines (optionally gzipped, or standard input) into records.
+
+Each record is normalised by the very functions /identify's schema uses (identity.schemas), called
+directly because a schema per record is too slow for a history of millions. A bad record is never
+dropped silently: it comes out as a Reject with its line number, its raw line and the reason.
+Records are ordered as the import applies them: by createdAt, ties and records without one in file
+order, those without one after every timed one.
+"""
+
+import csv
+import gzip
+import io
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+
+from marshmallow import ValidationError
+
+from identity.blocking import KINDS
+from identity.schemas import normal_email, normal_phone_number
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+REQUIRED_COLUMNS = ("email", "phoneNumber")
+
+
+class UsageError(ValueError):
+    """The file cannot be imported at all (unknown format, a CSV header without the columns)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record to apply: its line, normalised values and createdAt (None when it has none)."""
+
+    line: int
+    email: str | None
+    phone_number: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record skipped: where, what it was, and why."""
+
+    line: int
+    raw: str
+    reason: str
+
+
+def format_of(path, given=None):
+    """The format to read: given (--format), else the extension's, before any .gz."""
+    if given:
+        return given
+    name = path.removesuffix(".gz")
+    for suffix, kind in FORMATS.items():
+        if name.endswith(suffix):
+            return kind
+    raise UsageError(f"cannot tell the format of {path!r}: name it .csv, .jsonl or .ndjson, or give --format")
+
+
+def text_stream(path):
+    """The file as text (UTF-8, a BOM dropped), gunzipped when it is gzip; '-' is standard input."""
+    raw = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - the caller closes it
+    # gzip is known by its magic number, so a gzipped stdin is read too.
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        raw = gzip.GzipFile(fileobj=raw)
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+
+
+def raw_lines(stream, kind):
+    """(line number, raw line, fields or None when unparseable) for each record of the stream."""
+    return csv_rows(stream) if kind == "csv" else jsonl_rows(stream)
+
+
+def csv_rows(stream):
+    """CSV rows as dicts by the header's names; quoted fields may span lines (numbered by their first)."""
+    reader = csv.reader(stream)
+    header = next(reader, None) or []
+    if not set(REQUIRED_COLUMNS) <= set(header):
+        raise UsageError(f"the CSV header must name {' and '.join(REQUIRED_COLUMNS)}; it has {header}")
+    line = reader.line_num + 1
+    for row in reader:
+        raw = csv_line(row)
+        yield line, raw, dict(zip(header, row, strict=False)) if len(row) == len(header) else None
+        line = reader.line_num + 1
+
+
+def csv_line(row):
+    """A CSV row written back as one line, for the rejects file."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(row)
+    return out.getvalue()
+
+
+def jsonl_rows(stream):
+    """JSON Lines objects; blank lines are skipped, anything but an object is unparseable."""
+    for number, text in enumerate(stream, start=1):
+        raw = text.rstrip("\r\n")
+        if not raw.strip():
+            continue
+        try:
+            fields = json.loads(raw)
+        except ValueError:
+            fields = None
+        yield number, raw, fields if isinstance(fields, dict) else None
+
+
+def created_at(value):
+    """createdAt as an aware datetime, None when absent; ValueError when unparseable or without a zone."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("createdAt must be an ISO 8601 time")
+    moment = datetime.fromisoformat(value.strip())
+    if moment.tzinfo is None:
+        raise ValueError("createdAt has no time zone")
+    return moment
+
+
+def record_of(line, raw, fields, region, blocklist):
+    """The Record for one parsed line, or the Reject saying why it cannot be one."""
+    if fields is None:
+        return Reject(line, raw, "unparseable line")
+    try:
+        email = value_of(normal_email, fields.get("email"))
+        phone_number = value_of(normal_phone_number, fields.get("phoneNumber"), region)
+    except ValidationError as error:
+        return Reject(line, raw, f"invalid value: {error.messages[0]}")
+    try:
+        moment = created_at(fields.get("createdAt"))
+    except ValueError as error:
+        reason = str(error) if str(error).startswith("createdAt") else "createdAt is not an ISO 8601 time"
+        return Reject(line, raw, reason)
+    return usable_record(Record(line, email, phone_number, moment), raw, blocklist)
+
+
+def value_of(normalise, value, *args):
+    """value normalised as /identify does it; null is absent, as the schema has it."""
+    return None if value is None else normalise(value, *args)
+
+
+def usable_record(record, raw, blocklist):
+    """record with its blocked values absent, or a Reject when nothing is left."""
+    if record.email is None and record.phone_number is None:
+        return Reject(record.line, raw, "neither an email nor a phone number")
+    if blocklist is not None:
+        email, phone = (
+            None if v is not None and blocklist.blocks(KINDS[k], v) else v
+            for k, v in (("email", record.email), ("phone_number", record.phone_number))
+        )
+        if email is None and phone is None:
+            return Reject(record.line, raw, "blocked")
+        record = Record(record.line, email, phone, record.created_at)
+    return record
+
+
+def read_records(stream, kind, region="", blocklist=None):
+    """([Record] in the order the import applies them, [Reject] in file order)."""
+    records, rejects = [], []
+    for line, raw, fields in raw_lines(stream, kind):
+        outcome = record_of(line, raw, fields, region, blocklist)
+        (rejects if isinstance(outcome, Reject) else records).append(outcome)
+    records.sort(key=application_order)
+    return records, rejects
+
+
+def application_order(record):
+    """Timed records first by createdAt, then untimed; ties in file order (the sort is stable)."""
+    moment = record.created_at
+    return (moment is None, moment.timestamp() if moment else 0.0, record.line)
+
+
+def write_rejects(rejects, path):
+    """The rejects file: a CSV of line, reason and the raw line."""
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(("line", "reason", "raw"))
+        writer.writerows((reject.line, reject.reason, reject.raw) for reject in rejects)
