@@ -230,7 +230,7 @@ def bench_size(customers, args):
 def bench_batch(customers, args):
     """Single /identify checkouts beside /identify/batch of 100 of them, taking turns, in records/s."""
     runs = {"checkout": [], "batch": []}
-    with bench_database(customers) as url, service("wsgi:app", url) as master:
+    with bench_database(customers) as url, service("wsgi:app", url):
         for workload in runs:
             wrk(workload, customers, args.warmup)
         for _ in range(args.repeat):
