@@ -8,15 +8,11 @@
 -- free. Its row locks are taken item by item, so across items they are not in one id order: a
 -- deadlock the server detects there is retried with the whole transaction, as every deadlock is
 -- (identity/retrying.py).
-CREATE FUNCTION identify_batch_v1(
-    p_emails text[], p_phone_numbers text[], p_request_id text,
-    p_max_emails int, p_max_phone_numbers int, p_max_contacts int,
-    OUT item int, OUT contact json, OUT created text, OUT merged bigint[], OUT refused text)
-RETURNS SETOF record
+-- The advisory locks of the identifiers, once each, in ascending key order (the keys of the contract).
+CREATE FUNCTION lock_identifiers_v1(p_emails text[], p_phone_numbers text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     lock_key bigint;
-    i int;
 BEGIN
     FOR lock_key IN
         SELECT DISTINCT k FROM (
@@ -28,6 +24,20 @@ BEGIN
     LOOP
         PERFORM pg_advisory_xact_lock(lock_key);
     END LOOP;
+END
+$$;
+
+
+CREATE FUNCTION identify_batch_v1(
+    p_emails text[], p_phone_numbers text[], p_request_id text,
+    p_max_emails int, p_max_phone_numbers int, p_max_contacts int,
+    OUT item int, OUT contact json, OUT created text, OUT merged bigint[], OUT refused text)
+RETURNS SETOF record
+LANGUAGE plpgsql AS $$
+DECLARE
+    i int;
+BEGIN
+    PERFORM lock_identifiers_v1(p_emails, p_phone_numbers);
     FOR i IN 1 .. coalesce(array_length(p_emails, 1), 0) LOOP
         -- Items count from 0, as the body's list does; each item's events carry the request's id
         -- and its index.
