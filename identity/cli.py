@@ -1,19 +1,28 @@
-"""Operator commands: `flask --app wsgi migrate`, `blocked add|remove|list`, `renormalise`."""
+"""Operator commands: migrate, blocked add|remove|list, renormalise, audit, import-contacts (flask --app wsgi)."""
 
+import contextlib
 import getpass
 import json
+import sys
+import time
 
 import click
+import psycopg2
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 
-from identity import db, renormalise, repository
+from identity import blocking, db, importing, renormalise, repository
 from identity.blocking import RECOMMENDED
+from identity.import_records import UsageError, format_of, read_records, text_stream, write_rejects
 from identity.migrations import setup_database
 from identity.schemas import BlockedValueKey, BlockedValueRequest
 
 blocked = AppGroup("blocked", help="The values that never link customers (README, 'Blocked values').")
+
+
+# A plain progress line at most this often when stderr is no terminal.
+PROGRESS_SECONDS = 5
 
 
 @click.command("migrate")
@@ -145,9 +154,68 @@ def table(title, columns, rows):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
+@click.command("import-contacts")
+@click.argument("path")
+@click.option("--format", "kind", type=click.Choice(["csv", "jsonl"]), help="Else from the extension.")
+@click.option("--rejects", "rejects_path", help="Where bad records go; default: beside the input.")
+@click.option("--allow-rejects", is_flag=True, help="Exit 0 even when records were rejected.")
+@click.option("--dry-run", is_flag=True, help="Do everything but write.")
+@with_appcontext
+def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run):
+    """Reconcile a history of orders (CSV or JSON Lines, .gz, - for stdin) as /identify would have."""
+    started = time.monotonic()
+    records, rejects = read_input(path, kind)
+    write_rejects(rejects, rejects_path or default_rejects_path(path))
+    summary = importing.Summary(read=len(records) + len(rejects), rejected=len(rejects))
+    conn = psycopg2.connect(current_app.config["DATABASE_URL"])
+    try:
+        with progress_reporter(len(records)) as progress:
+            summary.counts = importing.reconcile(conn, records, dry_run, progress)
+    finally:
+        conn.close()
+    summary.seconds = time.monotonic() - started
+    click.echo(("dry run, nothing written: " if dry_run else "") + summary.line())
+    sys.exit(1 if rejects and not allow_rejects else 0)
+
+
+def read_input(path, kind):
+    """(records, rejects) of the input; a file that cannot be read at all is a usage error (exit 2)."""
+    try:
+        kind = format_of(path, kind)
+        with text_stream(path) as stream:
+            blocklist = current_app.extensions[blocking.EXTENSION].current()
+            return read_records(stream, kind, current_app.config["PHONE_REGION"], blocklist)
+    except (UsageError, OSError, UnicodeDecodeError) as error:
+        raise click.UsageError(str(error)) from None
+
+
+def default_rejects_path(path):
+    """Beside the input: orders.csv.gz gives orders.csv.gz.rejects.csv; stdin gives import.rejects.csv."""
+    return "import.rejects.csv" if path == "-" else f"{path}.rejects.csv"
+
+
+@contextlib.contextmanager
+def progress_reporter(total):
+    """progress(done): a bar on a terminal, else a plain line on stderr at most every 5 seconds."""
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label="importing", show_pos=True, file=sys.stderr) as bar:
+            yield lambda done: bar.update(done - bar.pos)
+        return
+    started, last = time.monotonic(), [time.monotonic()]
+
+    def line(done):
+        if time.monotonic() - last[0] >= PROGRESS_SECONDS or done == total:
+            last[0] = time.monotonic()
+            rate = done / max(last[0] - started, 1e-9)
+            click.echo(f"imported {done} of {total} records, {rate:.0f} records/s", err=True)
+
+    yield line
+
+
 def init_app(app):
     """Register the commands on the app's CLI."""
     app.cli.add_command(migrate_command)
     app.cli.add_command(blocked)
     app.cli.add_command(renormalise_command)
     app.cli.add_command(audit_command)
+    app.cli.add_command(import_contacts_command)

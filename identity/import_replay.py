@@ -1,0 +1,120 @@
+"""Replaying import records in memory with identify's rules, against the customers a chunk touches.
+
+The rules are /identify's (0006_identify_v2.sql): a record matching no customer makes a primary; one
+joining several customers merges them into the one whose primary is oldest (created_at, id); a
+record carrying a value its customer lacks adds a secondary. Then, because an imported record may
+be older than today's primary, each customer touched is given its oldest row as its primary, every
+other row linked straight to it (never a chain). Limits per customer do not apply to imports.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Row:
+    """A contact: existing rows have their id; new ones a place in creation order until written."""
+
+    key: tuple  # (0, id) for an existing row, (1, n) for the n-th new one: new ids come later
+    email: str | None
+    phone_number: str | None
+    created_at: object
+    primary: tuple | None = None  # the key of its primary; None for a primary
+    was_primary: tuple | None = None  # what is stored now, for existing rows
+
+
+@dataclass
+class Replay:
+    """The customers of one chunk and what the chunk's records do to them."""
+
+    rows: dict = field(default_factory=dict)  # key -> Row
+    # ("email"|"phone", value) -> the key of a row of the customer holding it; its root is the primary.
+    owner: dict = field(default_factory=dict)
+    members: dict = field(default_factory=dict)  # primary key -> [row keys]
+    created: int = 0
+    counts: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
+
+    def load(self, stored):
+        """Add the stored rows: (id, email, phone number, primary id, created_at)."""
+        for contact_id, email, phone_number, primary_id, created_at in stored:
+            key, primary = (0, contact_id), (0, primary_id)
+            linked = None if key == primary else primary
+            self.rows[key] = Row(key, email, phone_number, created_at, linked, linked)
+            self.members.setdefault(primary, []).append(key)
+            self.own(email, phone_number, primary)
+
+    def own(self, email, phone_number, primary):
+        """Note that the customer of primary holds these values."""
+        for value in (("email", email), ("phone", phone_number)):
+            if value[1] is not None:
+                self.owner[value] = primary
+
+    def holders(self, email, phone_number):
+        """(the primaries holding either value, whether they hold every value given)."""
+        values = [v for v in (("email", email), ("phone", phone_number)) if v[1] is not None]
+        found = [self.owner.get(v) for v in values]
+        return {self.root(key) for key in found if key is not None}, None not in found
+
+    def root(self, key):
+        """The primary a row belongs to now."""
+        row = self.rows[key]
+        return key if row.primary is None else row.primary
+
+    def apply(self, email, phone_number, created_at):
+        """One record, as identify applies it."""
+        customers, knows_all = self.holders(email, phone_number)
+        if not customers:
+            self.counts["primaries"] += 1
+            self.own(email, phone_number, self.add(email, phone_number, created_at, None))
+            return
+        if len(customers) == 1 and knows_all:
+            return
+        survivor = min(customers, key=self.age)
+        for demoted in customers - {survivor}:
+            self.merge(demoted, survivor)
+        if not knows_all:
+            self.counts["secondaries"] += 1
+            self.add(email, phone_number, created_at, survivor)
+        self.own(email, phone_number, survivor)
+
+    def age(self, key):
+        """A row's place by age: created_at, then id."""
+        return (self.rows[key].created_at, key)
+
+    def add(self, email, phone_number, created_at, primary):
+        """A new row, its key in creation order; returns the key."""
+        self.created += 1
+        key = (1, self.created)
+        self.rows[key] = Row(key, email, phone_number, created_at, primary)
+        self.members.setdefault(primary or key, []).append(key)
+        return key
+
+    def merge(self, demoted, survivor):
+        """Link every row of demoted's customer straight to survivor."""
+        self.counts["merged"] += 1
+        for key in self.members.pop(demoted):
+            self.rows[key].primary = survivor
+            self.members[survivor].append(key)
+
+    def oldest_primaries(self):
+        """Give each customer its oldest row as primary."""
+        for primary in list(self.members):
+            oldest = min(self.members[primary], key=self.age)
+            if oldest != primary:
+                keys = self.members.pop(primary)
+                self.members[oldest] = keys
+                for key in keys:
+                    self.rows[key].primary = None if key == oldest else oldest
+
+    def changes(self, new_ids):
+        """(rows to insert as tuples, [(id, linked id)] for existing rows relinked); new_ids ascending."""
+        real = {(1, n): new_id for n, new_id in enumerate(new_ids, start=1)}
+        real_id = lambda key: None if key is None else real.get(key, key[1])  # noqa: E731
+        inserts, relinks = [], []
+        for key, row in self.rows.items():
+            linked = real_id(row.primary)
+            if key[0] == 1:
+                inserts.append((real[key], row.email, row.phone_number, linked, row.created_at))
+            elif row.primary != row.was_primary:
+                relinks.append((key[1], linked))
+        inserts.sort()
+        return inserts, relinks
