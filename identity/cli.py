@@ -1,4 +1,4 @@
-"""Operator commands: migrate, blocked add|remove|list, renormalise, audit, import-contacts (flask --app wsgi)."""
+"""Operator commands (flask --app wsgi): migrate, blocked, renormalise, audit, import-contacts."""
 
 import contextlib
 import getpass

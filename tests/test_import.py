@@ -1,0 +1,174 @@
+"""flask import-contacts: the table it writes equals posting the records to /identify one by one."""
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from identity import importing
+from test_model import EMAILS, PHONE_NUMBERS, bodies
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+COLUMNS = "id, email, phone_number, linked_id, link_precedence, created_at"
+
+
+def table(conn):
+    """The compared columns of every row, in id order."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM contact ORDER BY id")
+        return cur.fetchall()
+
+
+def empty(conn):
+    """An empty table with ids from 1."""
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE contact, contact_event RESTART IDENTITY")
+
+
+def jsonl(path, records):
+    """Write records as JSON Lines; return the path as text."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(path)
+
+
+def run_import(runner, path, *options, stdin=None):
+    """flask import-contacts path options; the result."""
+    return runner.invoke(args=["import-contacts", str(path), *options], input=stdin)
+
+
+def timed(items, minutes):
+    """The items with createdAt from their minute offsets."""
+    return [
+        {**item, "createdAt": (START + timedelta(minutes=m)).isoformat()} for item, m in zip(items, minutes)
+    ]
+
+
+def posted_in_order(client, conn, records):
+    """The table that posting the records to /identify in createdAt order makes, with createdAt as times."""
+    empty(conn)
+    order = sorted(range(len(records)), key=lambda i: (records[i]["createdAt"], i))
+    with conn.cursor() as cur:
+        for i in order:
+            cur.execute("SELECT coalesce(max(id), 0) FROM contact")
+            (before,) = cur.fetchone()
+            body = {k: v for k, v in records[i].items() if k != "createdAt"}
+            assert client.post("/identify", json=body).status_code == 200
+            # The row the request made, if any, carries the record's time, as the import writes it.
+            cur.execute("UPDATE contact SET created_at = %s WHERE id > %s", (records[i]["createdAt"], before))
+    return table(conn)
+
+
+histories = st.integers(1, 30).flatmap(
+    lambda n: st.tuples(
+        st.lists(bodies, min_size=n, max_size=n), st.lists(st.integers(0, 50), min_size=n, max_size=n)
+    )
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=histories)
+def test_into_an_empty_table_the_import_writes_what_posting_in_order_writes(
+    client, runner, conn, tmp_path, history
+):
+    records = timed(*history)
+    expected = posted_in_order(client, conn, records)
+    empty(conn)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    assert result.exit_code == 0, result.output
+    assert table(conn) == expected
+
+
+def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monkeypatch):
+    records = timed(
+        [{"email": EMAILS[n % 4], "phoneNumber": PHONE_NUMBERS[n % 3]} for n in range(20)], range(20)
+    )
+    expected = posted_in_order(client, conn, records)
+    empty(conn)
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 3)
+    assert run_import(runner, jsonl(tmp_path / "h.jsonl", records)).exit_code == 0
+    assert table(conn) == expected
+
+
+def test_an_older_imported_record_becomes_the_primary_of_a_populated_customer(client, runner, conn, tmp_path):
+    client.post("/identify", json={"email": "doc@hv.edu", "phoneNumber": "123456"})
+    client.post("/identify", json={"email": "marty@hv.edu", "phoneNumber": "919191"})
+    old = [
+        {"email": "old@hv.edu", "phoneNumber": "123456", "createdAt": "2001-01-01T00:00:00Z"},
+        {"email": "marty@hv.edu", "phoneNumber": "123456", "createdAt": "2001-01-02T00:00:00Z"},
+    ]
+    result = run_import(runner, jsonl(tmp_path / "old.jsonl", old))
+    assert result.exit_code == 0, result.output
+    rows = {row[1]: row for row in table(conn)}
+    assert rows["old@hv.edu"][3:5] == (None, "primary")
+    oldest = rows["old@hv.edu"][0]
+    assert all(row[3:5] == (oldest, "secondary") for email, row in rows.items() if email != "old@hv.edu")
+    assert "customers merged: 1" in result.output
+
+
+def test_importing_the_same_file_twice_writes_nothing_the_second_time(runner, conn, tmp_path):
+    path = jsonl(tmp_path / "h.jsonl", timed([{"email": e, "phoneNumber": "1"} for e in EMAILS], range(4)))
+    assert run_import(runner, path).exit_code == 0
+    first = table(conn)
+    result = run_import(runner, path)
+    assert table(conn) == first
+    assert "primaries created: 0, secondaries created: 0, customers merged: 0" in result.output
+
+
+def test_an_import_killed_after_a_chunk_completes_when_run_again(runner, conn, tmp_path, monkeypatch):
+    records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 2)} for n in range(10)], range(10))
+    path = jsonl(tmp_path / "h.jsonl", records)
+    assert run_import(runner, path).exit_code == 0
+    whole = table(conn)
+    empty(conn)
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 4)
+    chunks = []
+    real_chunk = importing.import_chunk
+
+    def killed_on_the_second(conn_, chunk, *args):
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            raise KeyboardInterrupt  # as a kill between statements would, the transaction never commits
+        return real_chunk(conn_, chunk, *args)
+
+    monkeypatch.setattr(importing, "import_chunk", killed_on_the_second)
+    run_import(runner, path)
+    assert len(table(conn)) == 4
+    monkeypatch.setattr(importing, "import_chunk", real_chunk)
+    assert run_import(runner, path).exit_code == 0
+    assert [row[1:5] for row in table(conn)] == [row[1:5] for row in whole]
+
+
+def test_rejects_exit_codes_dry_run_and_stdin(runner, conn, tmp_path):
+    text = '{"email": "a@hv.edu"}\n\n{"email": "nope"}\n{"phoneNumber": "1", "createdAt": "2024-01-01"}\n'
+    rejects = tmp_path / "r.csv"
+    result = run_import(runner, "-", "--format", "jsonl", "--rejects", str(rejects), "--dry-run", stdin=text)
+    assert result.exit_code == 1 and "read: 3, rejected: 2" in result.output
+    assert table(conn) == []
+    assert [line.split(",")[0] for line in rejects.read_text().splitlines()] == ["line", "3", "4"]
+    result = run_import(
+        runner, "-", "--format", "jsonl", "--rejects", str(rejects), "--allow-rejects", stdin=text
+    )
+    assert result.exit_code == 0 and len(table(conn)) == 1
+    assert run_import(runner, tmp_path / "x.txt").exit_code == 2
+    assert run_import(runner, "-", "--format", "xml", stdin=text).exit_code == 2
+
+
+def test_gzip_csv_with_its_quirks(runner, conn, tmp_path):
+    path = tmp_path / "orders.csv.gz"
+    path.write_bytes(
+        gzip.compress('\ufeffemail,phoneNumber,x\r\n"a@hv.edu","1 2",\r\nb@hv.edu,12,"q,\r\nq"\r\n'.encode())
+    )
+    result = run_import(runner, path)
+    assert result.exit_code == 0, result.output
+    assert [row[1:5] for row in table(conn)] == [
+        ("a@hv.edu", "12", None, "primary"),
+        ("b@hv.edu", "12", 1, "secondary"),
+    ]
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner(mix_stderr=False) if False else app.test_cli_runner()
