@@ -2,6 +2,10 @@
 
 import gzip
 import json
+import os
+import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +13,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from identity import importing
+from test_concurrency import (
+    STORM_THREADS,
+    assert_customers_are_components,
+    assert_links_name_live_primaries,
+    assert_no_identical_contacts,
+    assert_primaries_are_oldest,
+    components,
+    customers,
+    deal,
+    live_contacts,
+    post_together,
+    server,  # noqa: F401 - the gunicorn fixture, found by request.getfixturevalue
+    storm_requests,
+)
 from test_model import EMAILS, PHONE_NUMBERS, bodies
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -42,7 +60,8 @@ def run_import(runner, path, *options, stdin=None):
 def timed(items, minutes):
     """The items with createdAt from their minute offsets."""
     return [
-        {**item, "createdAt": (START + timedelta(minutes=m)).isoformat()} for item, m in zip(items, minutes)
+        {**item, "createdAt": (START + timedelta(minutes=m)).isoformat()}
+        for item, m in zip(items, minutes, strict=True)
     ]
 
 
@@ -169,6 +188,32 @@ def test_gzip_csv_with_its_quirks(runner, conn, tmp_path):
     ]
 
 
-@pytest.fixture
-def runner(app):
-    return app.test_cli_runner(mix_stderr=False) if False else app.test_cli_runner()
+@pytest.mark.slow
+def test_an_import_racing_live_identify_through_gunicorn_leaves_the_customers_of_everything_sent(
+    request,
+    conn,
+    database_url,
+    tmp_path,  # noqa: F811 - server is the fixture
+):
+    rng = random.Random(7)
+    live = storm_requests(rng)
+    # The import carries the same values as the storm and values of its own, older than any live row.
+    imported = [(e, p) for e, p in storm_requests(rng)] + [
+        (f"old{n}@import.test", p) for n, (_, p) in enumerate(live[:200])
+    ]
+    path = jsonl(
+        tmp_path / "h.jsonl",
+        timed([{"email": e, "phoneNumber": p} for e, p in imported], range(len(imported))),
+    )
+    env = {**os.environ, "DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "import-contacts", path]
+    importer = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answered = post_together(request.getfixturevalue("server"), deal(live, STORM_THREADS))
+    out, err = importer.communicate(timeout=300)
+    assert importer.returncode == 0, err
+    rows = live_contacts(conn)
+    assert_links_name_live_primaries(rows)
+    assert_no_identical_contacts(rows)
+    grouped = customers(rows)
+    assert_primaries_are_oldest(grouped)
+    assert_customers_are_components(grouped, components([request for request, _ in answered] + imported))
