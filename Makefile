@@ -14,7 +14,7 @@ EMBEDDED_DATA := .data/postgres
 LOCK_ARGS ?=
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate stop-db test test-tools lint lock clean bench bench-soak bench-compare bench-tools
+.PHONY: run dev migrate import stop-db test test-tools lint lock clean bench bench-soak bench-compare bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ run: $(APP) $(VENV)/.installed-embedded  ## migrate, then serve with gunicorn on
 
 dev: $(APP) $(VENV)/.installed-embedded  ## migrate, then Flask's debug server on 127.0.0.1:$PORT
 	$(WITH_DATABASE) $(MIGRATE) && exec $(BIN)/flask --app wsgi run --debug --port $(PORT)
+
+import: $(APP) $(VENV)/.installed-embedded  ## import a history of orders: make import FILE=orders.csv[.gz] (or FILE=- for stdin)
+	@test -n "$(FILE)" || (echo 'usage: make import FILE=PATH [IMPORT_ARGS="--dry-run ..."]' >&2; exit 2)
+	$(WITH_DATABASE) $(MIGRATE) && exec $(BIN)/flask --app wsgi import-contacts "$(FILE)" $(IMPORT_ARGS)
 
 stop-db: $(APP) $(VENV)/.installed-embedded  ## stop the embedded PostgreSQL (its data stays)
 	$(BIN)/python -m identity.embedded stop $(EMBEDDED_DATA)
