@@ -58,3 +58,10 @@ SELECT CASE WHEN i % 2 = 0 THEN 'email' ELSE 'phone' END,
        CASE WHEN i % 2 = 0 THEN '.+@junk' || i || '\.test' ELSE '\+?999' || i || '[0-9]*' END,
        true, 'bench', 'bench'
 FROM generate_series(1, 20) AS i;
+
+-- copy_out_contacts --
+-- The rows an import wrote, for the COPY it is compared with.
+COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) TO STDOUT;
+
+-- copy_in_contacts --
+COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) FROM STDIN;

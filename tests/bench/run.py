@@ -11,8 +11,11 @@ checkout and on each git ref (a worktree of it), taking turns, so all see the sa
 import argparse
 import configparser
 import contextlib
+import io
 import json
 import os
+import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -78,8 +82,9 @@ def bench_database(customers):
         conn = psycopg2.connect(url)
         migrate(conn)
         conn.close()
-        execute(url, "preload", {"customers": customers})
-        execute(url, "move_id_sequence", {"customers": customers})
+        if customers:
+            execute(url, "preload", {"customers": customers})
+            execute(url, "move_id_sequence", {"customers": customers})
         execute(url, "vacuum", autocommit=True)
         yield url
     finally:
@@ -248,6 +253,88 @@ def bench_batch(customers, args):
     print(f"invariants broken: {sum(checks.values())}")
 
 
+def history(records, rng):
+    """A realistic order history (issue 10): about 0.4 records per customer, shuffled, as CSV lines.
+
+    Customers order 1 to 4 times with the same values; 10% change their phone number or email once,
+    2% share a phone number with the customer before them (merges), 1% carry one value only, and
+    0.5% of records are bad; createdAt spread over three years.
+    """
+    start, span = datetime(2022, 1, 1, tzinfo=UTC), 3 * 365 * 86400
+    lines, customer = [], 0
+    while len(lines) < records:
+        customer += 1
+        for order in range(rng.randint(1, 4)):
+            lines.append(order_line(customer, order, rng, start + timedelta(seconds=rng.randrange(span))))
+    rng.shuffle(lines)
+    return ["email,phoneNumber,createdAt\n", *lines[:records]]
+
+
+def order_line(customer, order, rng, at):
+    """One record of the history's customer."""
+    email, phone = f"c{customer}@hist.test", str(2000000000 + customer)
+    if customer % 10 == 0 and order > 0:
+        email, phone = (
+            (email, str(3000000000 + customer)) if customer % 20 else (f"d{customer}@hist.test", phone)
+        )
+    if customer % 50 == 1:
+        phone = str(2000000000 + customer - 1)
+    if customer % 100 == 2:
+        phone = ""
+    if rng.random() < 0.005:
+        email = "not an address"
+    return f"{email},{phone},{at.isoformat()}\n"
+
+
+def timed_import(url, path):
+    """(seconds, peak RSS MiB, summary line) of `flask import-contacts path` into url."""
+    env = {**os.environ, "DATABASE_URL": url}
+    command = [str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "import-contacts", path, "--allow-rejects"]
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    seconds = time.monotonic() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return seconds, peak, done.stdout.strip().splitlines()[-1]
+
+
+def copy_seconds(source_url, records):
+    """Seconds to COPY the rows source_url holds into an empty contact table with its indexes."""
+    rows = io.StringIO()
+    conn = psycopg2.connect(source_url)
+    with conn.cursor() as cur:
+        cur.copy_expert(BENCH_SQL["copy_out_contacts"], rows)
+    conn.close()
+    with bench_database(0) as url:
+        conn = psycopg2.connect(url)
+        rows.seek(0)
+        started = time.monotonic()
+        with conn.cursor() as cur:
+            cur.copy_expert(BENCH_SQL["copy_in_contacts"], rows)
+        conn.commit()
+        conn.close()
+        return time.monotonic() - started
+
+
+def bench_imports(records, args):
+    """The import into an empty table beside COPY of its rows, and into a table of as many customers."""
+    path = str(Path(tempfile.mkdtemp()) / "history.csv")
+    Path(path).write_text("".join(history(records, random.Random(10))))
+    empty, copies, populated = [], [], []
+    for _ in range(args.repeat):
+        with bench_database(0) as url:
+            empty.append(timed_import(url, path))
+            copies.append(copy_seconds(url, records))
+        with bench_database(records) as url:
+            populated.append(timed_import(url, path))
+    for name, runs in (("into an empty table", empty), (f"into {records:,} customers", populated)):
+        seconds = statistics.median(run[0] for run in runs)
+        print(
+            f"import {records:,} {name}: {records / seconds:,.0f} records/s (median {seconds:.1f} s), "
+            f"peak RSS {max(run[1] for run in runs):.0f} MiB; last: {runs[-1][2]}"
+        )
+    print(f"COPY of the resulting rows: {records / statistics.median(copies):,.0f} records/s")
+
+
 def ceiling(args):
     """The web stack alone: a JSON echo under the same gunicorn settings."""
     with service("echo:app") as master:
@@ -404,7 +491,10 @@ def main():
     parser.add_argument(
         "--batch", action="store_true", help="single /identify beside /identify/batch of 100, taking turns"
     )
+    parser.add_argument("--imports", type=int, default=0, metavar="N", help="import N records, beside COPY")
     args = parser.parse_args()
+    if args.imports:
+        return bench_imports(args.imports, args)
     if args.batch:
         return [bench_batch(customers, args) for customers in args.customers]
     if args.soak:
