@@ -40,11 +40,16 @@ class Record:
 
 @dataclass(frozen=True)
 class Reject:
-    """A record skipped: where, what it was, and why."""
+    """A record skipped: where, what it was (a JSON line, or a CSV row as a list), and why."""
 
     line: int
-    raw: str
+    source: str | list
     reason: str
+
+    @property
+    def raw(self):
+        """The record's raw line."""
+        return self.source if isinstance(self.source, str) else csv_line(self.source)
 
 
 def format_of(path, given=None):
@@ -82,8 +87,8 @@ def csv_rows(stream):
         raise UsageError(f"the CSV header must name {' and '.join(REQUIRED_COLUMNS)}; it has {header}")
     line = reader.line_num + 1
     for row in reader:
-        raw = csv_line(row)
-        yield line, raw, dict(zip(header, row, strict=False)) if len(row) == len(header) else None
+        # The row itself stands for its raw line: written back as CSV only if it is rejected.
+        yield line, row, dict(zip(header, row, strict=False)) if len(row) == len(header) else None
         line = reader.line_num + 1
 
 
