@@ -21,7 +21,9 @@ from identity.import_replay import Replay
 from identity.queries import QUERIES
 from identity.retrying import retrying
 
-CHUNK_SIZE = 5000
+# A chunk takes up to two advisory locks per record: 1000 records stay well inside the shared lock table
+# of a default server (max_locks_per_transaction 64 x max_connections 100 = 6,400 entries).
+CHUNK_SIZE = 1000
 
 
 @dataclass
