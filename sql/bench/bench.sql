@@ -58,3 +58,7 @@ SELECT CASE WHEN i % 2 = 0 THEN 'email' ELSE 'phone' END,
        CASE WHEN i % 2 = 0 THEN '.+@junk' || i || '\.test' ELSE '\+?999' || i || '[0-9]*' END,
        true, 'bench', 'bench'
 FROM generate_series(1, 20) AS i;
+
+-- backend_pids --
+-- The server processes serving this database's other connections: the service's, during a run.
+SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid();

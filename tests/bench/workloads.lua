@@ -64,7 +64,14 @@ local function merge_storm()
   return body(email(i), phone(partner(i)))
 end
 
-local bodies = { checkout = checkout, new = new_customers, merge = merge_storm, echo = checkout }
+local function returning()
+  local i = math.random(1, customers)
+  return body(email(i), phone(i))
+end
+
+local bodies = {
+  checkout = checkout, new = new_customers, merge = merge_storm, returning = returning, echo = checkout,
+}
 
 function request()
   return wrk.format(nil, nil, nil, bodies[workload]())
