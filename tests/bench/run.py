@@ -494,6 +494,39 @@ def pgbench_returning(url, customers, seconds):
     )
 
 
+REDIS_GETS = 20_000
+# What a cache would keep per customer: the answer, about as long as a returning customer's.
+CACHED_ANSWER = json.dumps({"contact": {"primaryContatctId": 1, "emails": ["c1@bench.test"] * 2}}) * 2
+
+
+def redis_get_cost():
+    """(client, server) CPU microseconds of one GET of a cached answer from a Redis of its own, unloaded."""
+    import redis
+
+    port = free_port()
+    command = [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--save", ""]
+    server = subprocess.Popen([*command, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        wait_until_listening(port)
+        client = redis.Redis(port=port)
+        client.set("customer:c1@bench.test:1000000001", CACHED_ANSWER)
+        client_before, server_before = time.process_time(), cpu_seconds([server.pid])
+        for _ in range(REDIS_GETS):
+            client.get("customer:c1@bench.test:1000000001")
+        client_us = (time.process_time() - client_before) / REDIS_GETS * 1e6
+        return client_us, (cpu_seconds([server.pid]) - server_before) / REDIS_GETS * 1e6
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def where(args):
     """Where a returning customer's request goes: full request, its SQL alone, the web stack alone."""
     customers = args.customers[-1]
@@ -514,6 +547,11 @@ def where(args):
     db = statistics.median(run["db_cpu_us"] for run in runs["returning, full request"])
     print(f"database server CPU per returning request: {db:.0f} us")
     print(f"its SQL alone (pgbench -M prepared, 32 clients): {statistics.median(floors):.0f} transactions/s")
+    costs = [redis_get_cost() for _ in range(args.repeat)]
+    client, server = (statistics.median(cost[i] for cost in costs) for i in (0, 1))
+    print(
+        f"a Redis GET of a cached answer, unloaded: {client:.0f} us in the client, {server:.0f} us in Redis"
+    )
 
 
 def main():
