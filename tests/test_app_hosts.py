@@ -8,6 +8,7 @@ kill; every request that got a 200 must be in the table, on its thread's custome
 """
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ FAILURES = {502, 503}
 
 @dataclass
 class Sent:
+    """One request of the load and what came of it (status 0: the connection to nginx failed)."""
+
     thread: int
     email: str
     started: float
@@ -101,7 +104,8 @@ class Load:
             number += 1
             sent = Sent(thread, f"t{thread}-{number}@kill.test", time.monotonic())
             payload = {"email": sent.email, "phoneNumber": f"555000{thread}"}
-            sent.status, _, sent.body = post_json(self.port, payload, timeout=30)
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                sent.status, _, sent.body = post_json(self.port, payload, timeout=30)
             sent.ended = time.monotonic()
             with self.lock:
                 self.sent.append(sent)
@@ -133,21 +137,22 @@ def customers_by_email(database_url):
 
 
 def run_load_through_a_kill(port, victim):
-    """Load from THREADS clients, the victim killed after BEFORE_KILL answers; returns (sent, kill time)."""
+    """Load from THREADS clients, the victim killed after BEFORE_KILL answers; returns (sent, kill)."""
     load = Load(port)
     threads = [threading.Thread(target=load.client, args=(n,)) for n in range(THREADS)]
     for thread in threads:
         thread.start()
     try:
         load.wait_for(BEFORE_KILL)
-        killed_at = time.monotonic()
+        kill_started = time.monotonic()
         kill_host(victim)
+        kill = (kill_started, time.monotonic())
         load.wait_for(BEFORE_KILL + AFTER_KILL)
     finally:
         load.stopping.set()
         for thread in threads:
             thread.join()
-    return load.sent, killed_at
+    return load.sent, kill
 
 
 def test_an_app_host_killed_under_load_costs_at_most_the_requests_in_flight(
@@ -158,18 +163,19 @@ def test_an_app_host_killed_under_load_costs_at_most_the_requests_in_flight(
     # Each thread's customer exists before the load, so every later request links onto it.
     for thread in range(THREADS):
         assert post_json(port, {"phoneNumber": f"555000{thread}"})[0] == 200
-    sent, killed_at = run_load_through_a_kill(port, victim)
+    sent, (kill_started, kill_ended) = run_load_through_a_kill(port, victim)
 
     statuses = {answer.status for answer in sent}
     assert statuses <= {200} | FAILURES, statuses
     failed = [answer for answer in sent if answer.status != 200]
-    in_flight = [answer for answer in failed if answer.started <= killed_at <= answer.ended]
+    in_flight = [answer for answer in failed if answer.started <= kill_ended and answer.ended >= kill_started]
     assert failed == in_flight, "only requests in flight at the kill may fail"
     assert len(failed) <= THREADS
     # Both servers served before the kill; after it, the survivor alone.
     served = upstreams(prefix)
     assert {f"{HOST}:{victim_port}", f"{HOST}:{survivor_port}"} <= set(served[:BEFORE_KILL])
-    assert served[-1] == f"{HOST}:{survivor_port}"
+    # nginx tries the dead one again after fail_timeout, then passes the request on: "victim, survivor".
+    assert served[-1].endswith(f"{HOST}:{survivor_port}")
 
     customers = customers_by_email(database_url)
     for answer in sent:
