@@ -64,9 +64,11 @@ test-tools:  ## nginx and redis-server from Debian, when missing
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq nginx redis-server)
 
-bench-tools:  ## wrk and pgbench from Debian, when missing
-	@command -v wrk >/dev/null && command -v pgbench >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib)
+# The bench drives the service through nginx too, and `--where` times a Redis GET.
+bench-tools:  ## wrk, pgbench, nginx and redis-server from Debian, when missing
+	@command -v wrk >/dev/null && command -v pgbench >/dev/null && \
+		PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib nginx redis-server)
 
 bench: bench-tools $(APP)  ## benchmark table (BENCH_ARGS="--repeat 1" for a quick one)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)

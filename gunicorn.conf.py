@@ -4,7 +4,9 @@ import os
 import shutil
 import tempfile
 
-bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
+# Loopback, for nginx on this machine. An app host that nginx reaches over the network binds its own
+# address instead (BIND=10.0.0.11:8000) and trusts that nginx's (FORWARDED_ALLOW_IPS, below).
+bind = os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 
 # Sync workers, two per core. The database runs on the same cores, so a request is CPU-bound
 # end to end; while one worker waits on PostgreSQL another runs Python. Sync workers take the
@@ -37,10 +39,11 @@ graceful_timeout = 20
 limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 100
-# gunicorn trusts X-Forwarded-Proto (for wsgi.url_scheme) only from nginx on this machine. The
+# gunicorn trusts X-Forwarded-Proto (for wsgi.url_scheme) only from nginx: on this machine unless
+# FORWARDED_ALLOW_IPS names nginx's addresses. The
 # client's address comes from X-Forwarded-For through werkzeug's ProxyFix in the app
 # (TRUSTED_PROXY_HOPS), which gunicorn leaves alone.
-forwarded_allow_ips = "127.0.0.1,::1"
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 # gunicorn's own lines (start, stop, worker deaths, refused requests) on stderr, for the supervisor
 # to collect, as JSON objects like every line of the app (identity/logs.py), so one parser reads all.
 errorlog = "-"

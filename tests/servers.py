@@ -23,8 +23,9 @@ NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
 HOST = "127.0.0.1"
 STARTUP_SECONDS = 20
 STOP_SECONDS = 30
-# The two lines deploy/nginx.conf marks "tests replace".
-NGINX_UPSTREAM = "server 127.0.0.1:8000;"
+# The lines deploy/nginx.conf marks "tests replace": the upstream's servers (each with its parameters)
+# and where nginx listens.
+NGINX_UPSTREAM = re.compile(r"(?m)^(\s*)server \S+ ([^;]*);\s*# tests replace: one line per app host\n")
 NGINX_LISTEN = "listen 8080;"
 
 
@@ -154,25 +155,35 @@ def replace_once(text, old, new):
     return text.replace(old, new)
 
 
-def nginx_conf(listen_port, upstream_port, **directives):
+def upstream_servers(text, ports):
+    """text with the upstream's marked server lines replaced by one like them for each port."""
+    lines = NGINX_UPSTREAM.findall(text)
+    assert lines, "deploy/nginx.conf should mark its upstream's servers"
+    indent, parameters = lines[0]
+    servers = "".join(f"{indent}server {HOST}:{port} {parameters};\n" for port in ports)
+    return NGINX_UPSTREAM.sub("", text).replace("upstream identity {\n", "upstream identity {\n" + servers, 1)
+
+
+def nginx_conf(listen_port, upstream_ports, **directives):
     """deploy/nginx.conf with the marked addresses replaced, and each directive given a new value."""
     text = replace_once(NGINX_CONF.read_text(), NGINX_LISTEN, f"listen {HOST}:{listen_port};")
-    text = replace_once(text, NGINX_UPSTREAM, f"server {HOST}:{upstream_port};")
+    ports = [upstream_ports] if isinstance(upstream_ports, int) else upstream_ports
+    text = upstream_servers(text, ports)
     for name, value in directives.items():
         text, count = re.subn(rf"(?m)^(\s*{name}) [^;]+;", rf"\1 {value};", text)
         assert count == 1, f"deploy/nginx.conf should set {name} once"
     return text
 
 
-def start_nginx(prefix, log, upstream_port, **directives):
-    """Debian's nginx with deploy/nginx.conf in front of upstream_port; returns (process, port).
+def start_nginx(prefix, log, upstream_ports, **directives):
+    """Debian's nginx with deploy/nginx.conf in front of one port or a list of them; returns (process, port).
 
     Started as root, like production it runs its workers as nobody, who must reach the temporary
     directories it makes under prefix: so prefix must not lie in a directory only root may enter.
     """
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(port, upstream_port, **directives))
+    conf.write_text(nginx_conf(port, upstream_ports, **directives))
     command = [program("nginx"), "-c", str(conf), "-p", f"{prefix}/", "-e", "stderr", "-g", "daemon off;"]
     process = start(command, log)
     wait_until(lambda: listening(port), process, "nginx", log)

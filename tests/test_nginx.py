@@ -2,7 +2,8 @@
 
 Each test starts a Redis of its own (the rate-limit counts, shared by the 4 workers), gunicorn with
 TRUSTED_PROXY_HOPS=1 on the test's database, and nginx with the very file in deploy/, only its
-two marked addresses (and, for the 504, one timeout) replaced. Clients connect from chosen
+marked addresses (the upstream's servers, here that one gunicorn; where it listens) and, for the
+504, one timeout replaced. Clients connect from chosen
 loopback addresses, so nginx sees distinct clients while gunicorn only ever sees nginx.
 """
 

@@ -65,3 +65,7 @@ COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, u
 
 -- copy_in_contacts --
 COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) FROM STDIN;
+
+-- backend_pids --
+-- The server processes serving this database's other connections: the service's, during a run.
+SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid();

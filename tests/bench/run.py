@@ -16,6 +16,9 @@ import json
 import os
 import random
 import resource
+import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,14 @@ BENCH_SQL = load(BENCH_SQL_DIR)
 HERE = Path(__file__).resolve().parent
 SERVER_URL = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
+NGINX_PORT = int(os.environ.get("BENCH_NGINX_PORT", "8098"))
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+# deploy/nginx.conf's marked upstream servers, replaced by gunicorn on PORT.
+NGINX_SERVERS = re.compile(r"(?m)^(\s*)server \S+ ([^;]*);\s*# tests replace: one line per app host\n")
+# The pool `--edge` tries: HTTP/1.1 to gunicorn, the client's Connection header not passed on.
+KEEPALIVE = "keepalive 16;\n"
+KEEPALIVE_PROXY = 'proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
+
 WORKLOADS = ("checkout", "new", "merge")
 MEDIANS = ("rps", "p50_us", "p99_us", "cpu_us")
 BATCH_ITEMS = 100  # items per request of the batch workload (workloads.lua)
@@ -125,8 +136,8 @@ def wait_until_serving(seconds=30):
     raise RuntimeError("the service did not start")
 
 
-def wrk(workload, customers, seconds, connections=32):
-    """One wrk run (2 threads); return the figures its Lua done() printed."""
+def wrk(workload, customers, seconds, connections=32, port=PORT):
+    """One wrk run (2 threads) against port; return the figures its Lua done() printed."""
     env = {
         **os.environ,
         "WORKLOAD": workload,
@@ -142,12 +153,64 @@ def wrk(workload, customers, seconds, connections=32):
         "5s",
         "-s",
         str(HERE / "workloads.lua"),
-        f"http://127.0.0.1:{PORT}/identify",
+        f"http://127.0.0.1:{port}/identify",
     ]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     figures = json.loads(output.split("BENCH ", 1)[1])
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
     return figures
+
+
+def nginx_conf(keepalive=False):
+    """deploy/nginx.conf listening on NGINX_PORT in front of gunicorn on PORT, with a pool if asked."""
+    text = NGINX_CONF.read_text().replace("listen 8080;", f"listen 127.0.0.1:{NGINX_PORT};", 1)
+    upstream = f"server 127.0.0.1:{PORT} max_fails=3 fail_timeout=10s;\n"
+    text = NGINX_SERVERS.sub("", text).replace("upstream identity {\n", "upstream identity {\n" + upstream, 1)
+    if keepalive:
+        text = text.replace(upstream, upstream + KEEPALIVE, 1)
+        text = text.replace(
+            "proxy_pass http://identity;\n", "proxy_pass http://identity;\n" + KEEPALIVE_PROXY, 1
+        )
+    return text
+
+
+@contextlib.contextmanager
+def nginx(keepalive=False):
+    """Debian's nginx with deploy/nginx.conf on NGINX_PORT in front of PORT, as deployed."""
+    prefix = Path(tempfile.mkdtemp(prefix="identity-bench-nginx-"))
+    prefix.chmod(0o755)  # started as root, its workers run as nobody
+    (prefix / "nginx.conf").write_text(nginx_conf(keepalive))
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    command = [
+        binary,
+        "-c",
+        str(prefix / "nginx.conf"),
+        "-p",
+        f"{prefix}/",
+        "-e",
+        "stderr",
+        "-g",
+        "daemon off;",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_listening(NGINX_PORT)
+        yield NGINX_PORT
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(prefix)
+
+
+def wait_until_listening(port, seconds=30):
+    """Block until something accepts connections on port."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def worker_statuses(master):
@@ -203,12 +266,16 @@ def violations(url, customers):
     return {name: execute(url, name, {"customers": customers}) for name in CHECKS}
 
 
-def measure(workload, customers, args, master):
-    """Warm up, then the median of args.repeat measured runs, errors summed, and worker memory."""
-    wrk(workload, customers, args.warmup)
-    figures = summary([wrk(workload, customers, args.duration) for _ in range(args.repeat)])
-    figures["rss_mib"] = worker_rss_mib(master)
-    return figures
+def measure(workload, customers, args, master, ports=(PORT,)):
+    """Warm up, then args.repeat measured runs on each port, taking turns; per port the medians."""
+    for port in ports:
+        wrk(workload, customers, args.warmup, port=port)
+    runs = {port: [] for port in ports}
+    for _ in range(args.repeat):
+        for port in ports:
+            runs[port].append(wrk(workload, customers, args.duration, port=port))
+    figures = [summary(runs[port]) | {"rss_mib": worker_rss_mib(master)} for port in ports]
+    return figures if len(ports) > 1 else figures[0]
 
 
 def summary(runs):
@@ -223,10 +290,11 @@ def bench_size(customers, args):
     with bench_database(customers) as url:
         with service("wsgi:app", url) as master:
             for workload in WORKLOADS:
-                figures = measure(workload, customers, args, master)
-                figures["violations"] = violations(url, customers)
-                rows.append((f"{workload} @ {customers:,}", figures))
-                print(f"{rows[-1][0]}: {figures}", file=sys.stderr, flush=True)
+                measured = workload_rows(workload, customers, args, master)
+                found = violations(url, customers)  # after the workload's requests
+                for name, figures in measured:
+                    rows.append((name, figures | {"violations": found}))
+                    print(f"{name}: {rows[-1][1]}", file=sys.stderr, flush=True)
         floor = statistics.median(pgbench(url, customers, args.duration) for _ in range(args.repeat))
     rows.append((f"pgbench floor @ {customers:,}", {"rps": floor}))
     return rows
@@ -335,6 +403,15 @@ def bench_imports(records, args):
     print(f"COPY of the resulting rows: {records / statistics.median(copies):,.0f} records/s")
 
 
+def workload_rows(workload, customers, args, master):
+    """One row per way of reaching the service: checkout straight and through nginx, taking turns."""
+    if workload != "checkout":
+        return [(f"{workload} @ {customers:,}", measure(workload, customers, args, master))]
+    with nginx() as port:
+        direct, through_nginx = measure(workload, customers, args, master, (PORT, port))
+    return [(f"checkout @ {customers:,}", direct), (f"checkout via nginx @ {customers:,}", through_nginx)]
+
+
 def ceiling(args):
     """The web stack alone: a JSON echo under the same gunicorn settings."""
     with service("echo:app") as master:
@@ -344,7 +421,7 @@ def ceiling(args):
 def print_table(rows):
     """One table: throughput, latency, errors, invariants, memory."""
     print(
-        f"{'run':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
+        f"{'run':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
         f"{'broken':>8}  worker RSS MiB"
     )
     for name, f in rows:
@@ -355,7 +432,7 @@ def print_table(rows):
             else f"{'':>35}"
         )
         rss = ", ".join(f"{m:.0f}" for m in f.get("rss_mib", []))
-        print(f"{name:<28}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
+        print(f"{name:<34}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
 
 
 def share_of_floor(rows):
@@ -439,10 +516,10 @@ def guard(url):
     os.environ.update(GUARD_LIMITS)  # a release before the limits ignores them
 
 
-def measured_checkout(customers, seconds, master):
-    """One checkout run, with the workers' CPU time per request."""
+def measured_checkout(customers, seconds, master, port=PORT, workload="checkout"):
+    """One checkout run (or another workload), with the workers' CPU time per request."""
     before = worker_cpu_seconds(master)
-    figures = wrk("checkout", customers, seconds)
+    figures = wrk(workload, customers, seconds, port=port)
     figures["cpu_us"] = (worker_cpu_seconds(master) - before) / figures["requests"] * 1e6
     return figures
 
@@ -477,6 +554,122 @@ def print_comparison(title, runs, args):
     print(f"each figure: median of {args.repeat} runs of {args.duration} s, the variants taking turns")
 
 
+def edge(args):
+    """The checkout mix straight to gunicorn, through nginx, and through nginx with a pool, taking turns."""
+    customers = args.customers[-1]
+    variants = {
+        "direct": {},
+        "via nginx": {"keepalive": False},
+        "via nginx, keepalive 16": {"keepalive": True},
+    }
+    runs = {name: [] for name in variants}
+    with bench_database(customers) as url, service("wsgi:app", url) as master:
+        wrk("checkout", customers, args.warmup)
+        for _ in range(args.repeat):
+            for name, options in variants.items():
+                with contextlib.ExitStack() as stack:
+                    port = stack.enter_context(nginx(**options)) if options else PORT
+                    runs[name].append(measured_checkout(customers, args.duration, master, port))
+    print_comparison(f"checkout @ {customers:,}", runs, args)
+
+
+def backend_pids(url):
+    """The PostgreSQL server processes of url's other connections."""
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        cur.execute(BENCH_SQL["backend_pids"])
+        return [pid for (pid,) in cur.fetchall()]
+
+
+def cpu_seconds(pids):
+    """CPU time (user and system) the processes pids have used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(stat[11]) + int(stat[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def returning_run(url, customers, seconds, master):
+    """One run of returning customers, with the workers' and the database's CPU time per request."""
+    pids = backend_pids(url)
+    workers, backends = worker_cpu_seconds(master), cpu_seconds(pids)
+    figures = wrk("returning", customers, seconds)
+    figures["cpu_us"] = (worker_cpu_seconds(master) - workers) / figures["requests"] * 1e6
+    figures["db_cpu_us"] = (cpu_seconds(pids) - backends) / figures["requests"] * 1e6
+    return figures
+
+
+def pgbench_returning(url, customers, seconds):
+    """Transactions/s of the database's share of a returning customer's request alone, prepared."""
+    command = ["pgbench", "-n", "-M", "prepared", "-c", "32", "-j", "2", "-T", str(seconds)]
+    command += ["-D", f"customers={customers}", "-f", str(BENCH_SQL_DIR / "returning.pgbench"), url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return float(
+        next(line for line in output.splitlines() if line.startswith("tps")).split("=")[1].split()[0]
+    )
+
+
+REDIS_GETS = 20_000
+# What a cache would keep per customer: the answer, about as long as a returning customer's.
+CACHED_ANSWER = json.dumps({"contact": {"primaryContatctId": 1, "emails": ["c1@bench.test"] * 2}}) * 2
+
+
+def redis_get_cost():
+    """(client, server) CPU microseconds of one GET of a cached answer from a Redis of its own, unloaded."""
+    import redis
+
+    port = free_port()
+    command = [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--save", ""]
+    server = subprocess.Popen([*command, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        wait_until_listening(port)
+        client = redis.Redis(port=port)
+        client.set("customer:c1@bench.test:1000000001", CACHED_ANSWER)
+        client_before, server_before = time.process_time(), cpu_seconds([server.pid])
+        for _ in range(REDIS_GETS):
+            client.get("customer:c1@bench.test:1000000001")
+        client_us = (time.process_time() - client_before) / REDIS_GETS * 1e6
+        return client_us, (cpu_seconds([server.pid]) - server_before) / REDIS_GETS * 1e6
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def where(args):
+    """Where a returning customer's request goes: full request, its SQL alone, the web stack alone."""
+    customers = args.customers[-1]
+    runs = {"returning, full request": [], "echo (web stack alone)": []}
+    floors = []
+    with bench_database(customers) as url:
+        for _ in range(args.repeat):
+            with service("wsgi:app", url) as master:
+                wrk("returning", customers, args.warmup)
+                runs["returning, full request"].append(returning_run(url, customers, args.duration, master))
+            with service("echo:app") as master:
+                wrk("echo", customers, args.warmup)
+                runs["echo (web stack alone)"].append(
+                    measured_checkout(customers, args.duration, master, PORT, "echo")
+                )
+            floors.append(pgbench_returning(url, customers, args.duration))
+    print_comparison(f"returning @ {customers:,}", runs, args)
+    db = statistics.median(run["db_cpu_us"] for run in runs["returning, full request"])
+    print(f"database server CPU per returning request: {db:.0f} us")
+    print(f"its SQL alone (pgbench -M prepared, 32 clients): {statistics.median(floors):.0f} transactions/s")
+    costs = [redis_get_cost() for _ in range(args.repeat)]
+    client, server = (statistics.median(cost[i] for cost in costs) for i in (0, 1))
+    print(
+        f"a Redis GET of a cached answer, unloaded: {client:.0f} us in the client, {server:.0f} us in Redis"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, nargs="+", default=[20_000, 1_000_000])
@@ -492,11 +685,19 @@ def main():
         "--batch", action="store_true", help="single /identify beside /identify/batch of 100, taking turns"
     )
     parser.add_argument("--imports", type=int, default=0, metavar="N", help="import N records, beside COPY")
+    parser.add_argument(
+        "--edge", action="store_true", help="checkout direct, via nginx, via nginx with a pool"
+    )
+    parser.add_argument("--where", action="store_true", help="where a returning customer's request time goes")
     args = parser.parse_args()
     if args.imports:
         return bench_imports(args.imports, args)
     if args.batch:
         return [bench_batch(customers, args) for customers in args.customers]
+    if args.edge:
+        return edge(args)
+    if args.where:
+        return where(args)
     if args.soak:
         return soak(args)
     if args.compare:

@@ -72,7 +72,16 @@ local function batch()
   return '{"contacts":[' .. table.concat(items, ",") .. ']}'
 end
 
-local bodies = { checkout = checkout, new = new_customers, merge = merge_storm, echo = checkout, batch = batch }
+
+local function returning()
+  local i = math.random(1, customers)
+  return body(email(i), phone(i))
+end
+
+local bodies = {
+  checkout = checkout, new = new_customers, merge = merge_storm, returning = returning, echo = checkout,
+  batch = batch,
+}
 
 function request()
   local path = workload == "batch" and "/identify/batch" or "/identify"
