@@ -4,18 +4,50 @@ import contextlib
 
 import psycopg2
 from flask import current_app, g
+from psycopg2 import extensions
 
 from identity.pool import ConnectionPool
+from identity.queries import QUERIES
 from identity.retrying import retrying
 
 
+class TimedCursor(extensions.cursor):
+    """A cursor that sends its connection's SET LOCAL timeouts in front of every statement."""
+
+    def execute(self, query, vars=None):
+        """Run query under the timeouts, in one query string: one round trip, one transaction."""
+        return super().execute(self.connection.local_timeouts + self.mogrify(query, vars))
+
+
+def timed_connection(statement_timeout_ms):
+    """A connection class whose statements each run under timeouts of statement_timeout_ms.
+
+    The timeouts are SET LOCAL in the statement's own transaction (sql/timeouts.sql says why), so
+    they hold through PgBouncer in transaction pooling and leave nothing on the server connection.
+    """
+
+    class TimedConnection(extensions.connection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            with self.cursor() as cur:
+                timeouts = cur.mogrify(
+                    QUERIES["local_timeouts"], {"statement_timeout_ms": statement_timeout_ms}
+                )
+            self.local_timeouts = timeouts + b"\n"
+            self.cursor_factory = TimedCursor
+
+    return TimedConnection
+
+
 def connect_kwargs(config):
-    """Connection settings that keep a stuck database from holding a checkout."""
-    timeout_ms = config["DB_STATEMENT_TIMEOUT_MS"]
+    """Connection settings that keep a stuck database from holding a checkout.
+
+    Only startup parameters PgBouncer passes on: no `options`, which it refuses.
+    """
     return {
         "connect_timeout": config["DB_CONNECT_TIMEOUT"],
         "application_name": "identity",
-        "options": f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
+        "connection_factory": timed_connection(config["DB_STATEMENT_TIMEOUT_MS"]),
     }
 
 
