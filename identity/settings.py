@@ -13,7 +13,7 @@ from psycopg2.extensions import parse_dsn
 
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/identity",
-    # A replica for the GET /contacts... lookups, which may then lag the writes; empty reads from DATABASE_URL.
+    # A replica for the GET /contacts... lookups, which then lag the writes; empty: DATABASE_URL.
     "DATABASE_READ_URL": "",
     "DB_POOL_SIZE": 4,
     "DB_CONNECT_TIMEOUT": 3,
