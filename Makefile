@@ -61,9 +61,9 @@ test-tools:  ## nginx, redis-server and pgbouncer from Debian, when missing
 		PATH="$$PATH:/usr/sbin" command -v pgbouncer >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq nginx redis-server pgbouncer)
 
-bench-tools:  ## wrk and pgbench from Debian, when missing
-	@command -v wrk >/dev/null && command -v pgbench >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib)
+bench-tools:  ## wrk, pgbench and pgbouncer from Debian, when missing
+	@command -v wrk >/dev/null && command -v pgbench >/dev/null && PATH="$$PATH:/usr/sbin" command -v pgbouncer >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib pgbouncer)
 
 bench: bench-tools $(APP)  ## benchmark table (BENCH_ARGS="--repeat 1" for a quick one)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)

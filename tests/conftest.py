@@ -167,13 +167,11 @@ def conn(database_url):
 def pgbouncer(server_url):
     """(host, port) of a PgBouncer in transaction pooling in front of the test server."""
     server = parse_dsn(server_url)
-    directory = Path(tempfile.mkdtemp(prefix="identity-pgbouncer-"))
-    directory.chmod(0o755)  # pgbouncer, run as nobody, reads its files here
     host = server.get("host", "127.0.0.1")
-    process, port = start_pgbouncer(directory, host, server.get("port", 5432), server.get("user", "postgres"))
+    process, port, ini = start_pgbouncer(host, server.get("port", 5432), server.get("user", "postgres"))
     yield "127.0.0.1", port
     stop(process)
-    shutil.rmtree(directory)
+    shutil.rmtree(ini.parent)
 
 
 def pytest_generate_tests(metafunc):

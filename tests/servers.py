@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
+import pgbouncer_config
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
-PGBOUNCER_INI = REPO_ROOT / "deploy" / "pgbouncer.ini"
 HOST = "127.0.0.1"
 STARTUP_SECONDS = 20
 STOP_SECONDS = 30
@@ -200,35 +201,11 @@ def start_redis(tmp_path, port=None):
     return process, port
 
 
-def pgbouncer_ini(listen_port, server_host, server_port, auth_file):
-    """deploy/pgbouncer.ini listening on HOST:listen_port in front of the server, trusting its users."""
-    values = {
-        "*": f"host={server_host} port={server_port}",
-        "listen_addr": HOST,
-        "listen_port": listen_port,
-        "auth_type": "trust",
-        "auth_file": auth_file,
-    }
-    text = PGBOUNCER_INI.read_text()
-    for key, value in values.items():
-        line = f"{key} = {value}"
-        text, count = re.subn(rf"(?m)^{re.escape(key)} = .*$", lambda _match, line=line: line, text)
-        assert count == 1, f"deploy/pgbouncer.ini should set {key} once"
-    return text
-
-
-def start_pgbouncer(directory, server_host, server_port, user):
-    """Debian's pgbouncer with deploy/pgbouncer.ini in front of the server; returns (process, port).
-
-    pgbouncer refuses to run as root, so it runs as nobody, who must read directory's files.
-    """
+def start_pgbouncer(server_host, server_port, user):
+    """Debian's pgbouncer with deploy/pgbouncer.ini in front of the server; returns (process, port, ini)."""
     port = free_port()
-    auth_file = directory / "userlist.txt"
-    auth_file.write_text(f'"{user}" ""\n')
-    ini = directory / "pgbouncer.ini"
-    ini.write_text(pgbouncer_ini(port, server_host, server_port, auth_file))
-    log = directory / "pgbouncer.log"
-    command = [program("pgbouncer"), *(["-u", "nobody"] if os.geteuid() == 0 else []), str(ini)]
-    process = start(command, log)
+    ini = pgbouncer_config.prepared_directory(port, server_host, server_port, user)
+    log = ini.parent / "pgbouncer.log"
+    process = start(pgbouncer_config.command(program("pgbouncer"), ini), log)
     wait_until(lambda: listening(port), process, "pgbouncer", log)
-    return process, port
+    return process, port, ini

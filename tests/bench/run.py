@@ -3,9 +3,11 @@
 For each size K it makes a throwaway database, preloads K customers, starts gunicorn exactly as
 `make run` does, runs the three workloads (a warm-up, then the measured run), checks the table's
 invariants, and measures the pgbench floor on the same table; then the ceiling of the web stack,
-a JSON echo under the same gunicorn settings. `--soak SECONDS` instead runs the checkout mix that
-long and samples each worker's resident memory. `--compare REF...` runs the checkout mix on this
-checkout and on each git ref (a worktree of it), taking turns, so all see the same machine.
+a JSON echo under the same gunicorn settings. The checkout mix runs once more with the service
+behind PgBouncer in transaction pooling (deploy/pgbouncer.ini), printed beside the direct run.
+`--soak SECONDS` instead runs the checkout mix that long and samples each worker's resident memory.
+`--compare REF...` runs the checkout mix on this checkout and on each git ref (a worktree of it),
+taking turns, so all see the same machine.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import configparser
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,10 +27,12 @@ from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))
+import pgbouncer_config  # noqa: E402
 from identity.migrations import migrate  # noqa: E402
 from identity.queries import load  # noqa: E402
 
@@ -37,6 +42,7 @@ BENCH_SQL = load(BENCH_SQL_DIR)
 HERE = Path(__file__).resolve().parent
 SERVER_URL = os.environ.get("BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PORT = int(os.environ.get("BENCH_PORT", "8099"))
+PGBOUNCER_PORT = int(os.environ.get("BENCH_PGBOUNCER_PORT", "8098"))
 WORKLOADS = ("checkout", "new", "merge")
 MEDIANS = ("rps", "p50_us", "p99_us", "cpu_us")
 CHECKS = ("broken_links", "split_values", "lost_customers", "duplicate_contacts")
@@ -106,6 +112,45 @@ def service(app, database_url=None, root=ROOT):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def pgbouncer(url):
+    """The URL of url's database through a PgBouncer with deploy/pgbouncer.ini, started for the run."""
+    server = parse_dsn(url)
+    ini = pgbouncer_config.prepared_directory(
+        PGBOUNCER_PORT,
+        server.get("host", "127.0.0.1"),
+        server.get("port", 5432),
+        server.get("user", "postgres"),
+    )
+    program = shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+    process = subprocess.Popen(pgbouncer_config.command(program, ini), stderr=subprocess.DEVNULL)
+    pooled = make_dsn(url, host=pgbouncer_config.HOST, port=PGBOUNCER_PORT)
+    try:
+        wait_until(lambda: connects(pooled), "pgbouncer")
+        yield pooled
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(ini.parent)
+
+
+def connects(url):
+    """Whether a connection to url opens (it is closed again)."""
+    psycopg2.connect(url).close()
+    return True
+
+
+def wait_until(ready, what, seconds=30):
+    """Block until ready() holds without raising."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, psycopg2.OperationalError):
+            if ready():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start")
 
 
 def wait_until_serving(seconds=30):
@@ -221,9 +266,19 @@ def bench_size(customers, args):
                 figures["violations"] = violations(url, customers)
                 rows.append((f"{workload} @ {customers:,}", figures))
                 print(f"{rows[-1][0]}: {figures}", file=sys.stderr, flush=True)
+        rows.append(pooled_checkout(url, customers, args))
         floor = statistics.median(pgbench(url, customers, args.duration) for _ in range(args.repeat))
     rows.append((f"pgbench floor @ {customers:,}", {"rps": floor}))
     return rows
+
+
+def pooled_checkout(url, customers, args):
+    """The checkout mix with the service behind PgBouncer in transaction pooling."""
+    with pgbouncer(url) as pooled, service("wsgi:app", pooled) as master:
+        figures = measure("checkout", customers, args, master)
+    figures["violations"] = violations(url, customers)
+    print(f"checkout via PgBouncer @ {customers:,}: {figures}", file=sys.stderr, flush=True)
+    return f"checkout via PgBouncer @ {customers:,}", figures
 
 
 def ceiling(args):
@@ -235,7 +290,7 @@ def ceiling(args):
 def print_table(rows):
     """One table: throughput, latency, errors, invariants, memory."""
     print(
-        f"{'run':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
+        f"{'run':<36}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
         f"{'broken':>8}  worker RSS MiB"
     )
     for name, f in rows:
@@ -246,7 +301,7 @@ def print_table(rows):
             else f"{'':>35}"
         )
         rss = ", ".join(f"{m:.0f}" for m in f.get("rss_mib", []))
-        print(f"{name:<28}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
+        print(f"{name:<36}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
 
 
 def share_of_floor(rows):
