@@ -30,6 +30,8 @@ def timed_connection(statement_timeout_ms):
     """
 
     class TimedConnection(extensions.connection):
+        """A connection whose cursors are TimedCursors, its timeouts rendered once."""
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             with self.cursor() as cur:
