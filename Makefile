@@ -59,16 +59,18 @@ stop-db: $(APP) $(VENV)/.installed-embedded  ## stop the embedded PostgreSQL (it
 test: test-tools $(APP) $(VENV)/.installed-test $(VENV)/.installed-embedded  ## every test, against a real PostgreSQL
 	$(BIN)/pytest
 
-# The end-to-end tests start an nginx and a Redis of their own (tests/servers.py).
-test-tools:  ## nginx and redis-server from Debian, when missing
-	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq nginx redis-server)
+# The end-to-end tests start an nginx, a Redis and a PgBouncer of their own (tests/servers.py).
+test-tools:  ## nginx, redis-server and pgbouncer from Debian, when missing
+	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null && \
+		PATH="$$PATH:/usr/sbin" command -v pgbouncer >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nginx redis-server pgbouncer)
 
-# The bench drives the service through nginx too, and `--where` times a Redis GET.
-bench-tools:  ## wrk, pgbench, nginx and redis-server from Debian, when missing
+# The bench drives the service through nginx and PgBouncer too, and `--where` times a Redis GET.
+bench-tools:  ## wrk, pgbench, nginx, redis-server and pgbouncer from Debian, when missing
 	@command -v wrk >/dev/null && command -v pgbench >/dev/null && \
-		PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib nginx redis-server)
+		PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null && \
+		PATH="$$PATH:/usr/sbin" command -v pgbouncer >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk postgresql-contrib nginx redis-server pgbouncer)
 
 bench: bench-tools $(APP)  ## benchmark table (BENCH_ARGS="--repeat 1" for a quick one)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)

@@ -32,7 +32,7 @@ timeout = 30
 graceful_timeout = 20
 # No keepalive: the sync worker ignores it and closes each connection after its answer; clients keep
 # theirs open to nginx. No max_requests: worker memory stays flat (`make bench-soak` watches it), and
-# each restart would drop a worker's database connections and prepared statements.
+# each restart would drop a worker's database connections.
 # nginx refuses request lines and header lines over 4 KiB with a JSON error. These line limits are
 # looser, so gunicorn never refuses a line nginx passed on. The number of header fields nginx does
 # not bound: past 100, gunicorn answers 431, in the JSON shape like its other refusals.

@@ -4,28 +4,70 @@ import contextlib
 
 import psycopg2
 from flask import current_app, g
+from psycopg2 import extensions
 
 from identity.pool import ConnectionPool
+from identity.queries import QUERIES
 from identity.retrying import retrying
+
+# The pool of DATABASE_READ_URL's server, there only when it is set.
+READ_POOL = "identity_read_pool"
+
+
+class TimedCursor(extensions.cursor):
+    """A cursor that sends its connection's SET LOCAL timeouts in front of every statement."""
+
+    def execute(self, query, vars=None):
+        """Run query under the timeouts, in one query string: one round trip, one transaction."""
+        return super().execute(self.connection.local_timeouts + self.mogrify(query, vars))
+
+
+def timed_connection(statement_timeout_ms):
+    """A connection class whose statements each run under timeouts of statement_timeout_ms.
+
+    The timeouts are SET LOCAL in the statement's own transaction (sql/timeouts.sql says why), so
+    they hold through PgBouncer in transaction pooling and leave nothing on the server connection.
+    """
+
+    class TimedConnection(extensions.connection):
+        """A connection whose cursors are TimedCursors, its timeouts rendered once."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            with self.cursor() as cur:
+                timeouts = cur.mogrify(
+                    QUERIES["local_timeouts"], {"statement_timeout_ms": statement_timeout_ms}
+                )
+            self.local_timeouts = timeouts + b"\n"
+            self.cursor_factory = TimedCursor
+
+    return TimedConnection
 
 
 def connect_kwargs(config):
-    """Connection settings that keep a stuck database from holding a checkout."""
-    timeout_ms = config["DB_STATEMENT_TIMEOUT_MS"]
+    """Connection settings that keep a stuck database from holding a checkout.
+
+    Only startup parameters PgBouncer passes on: no `options`, which it refuses.
+    """
     return {
         "connect_timeout": config["DB_CONNECT_TIMEOUT"],
         "application_name": "identity",
-        "options": f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
+        "connection_factory": timed_connection(config["DB_STATEMENT_TIMEOUT_MS"]),
     }
 
 
 def init_app(app):
-    """Give the app its pool (connections open lazily, so forking workers is safe) and teardown."""
+    """Give the app its pools (connections open lazily, so forking workers is safe) and teardown."""
     config = app.config
     app.extensions["identity_pool"] = ConnectionPool(
         config["DATABASE_URL"], config["DB_POOL_SIZE"], **connect_kwargs(config)
     )
+    if config["DATABASE_READ_URL"]:
+        app.extensions[READ_POOL] = ConnectionPool(
+            config["DATABASE_READ_URL"], config["DB_POOL_SIZE"], **connect_kwargs(config)
+        )
     app.teardown_appcontext(release_connection)
+    app.teardown_appcontext(release_read_connection)
 
 
 def pool():
@@ -72,3 +114,35 @@ def run(work, *args):
             raise
         release_connection()
         return retrying(get_connection(), work, *args)
+
+
+def read(work, *args):
+    """Run read-only work(conn, *args) on DATABASE_READ_URL's server when it is set, else as run() does.
+
+    A replica lags the primary (README, "Reads from a replica"): only lookups that may show a
+    moment-old customer come here, never a write nor a read that a write depends on.
+    """
+    if READ_POOL not in current_app.extensions:
+        return run(work, *args)
+    try:
+        return retrying(read_connection(), work, *args)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        if not g.read_db.closed:
+            raise
+        release_read_connection()  # died while idle: once more on a fresh one, as run() does
+        return retrying(read_connection(), work, *args)
+
+
+def read_connection():
+    """The request's connection to the read server, taken from its pool on first use."""
+    if "read_db" not in g:
+        g.read_db = current_app.extensions[READ_POOL].getconn()
+        g.read_db.autocommit = True
+    return g.read_db
+
+
+def release_read_connection(_exc=None):
+    """Hand the request's read connection back; a broken one is closed instead."""
+    conn = g.pop("read_db", None)
+    if conn is not None:
+        current_app.extensions[READ_POOL].putconn(conn, close=bool(conn.closed))

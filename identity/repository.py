@@ -6,14 +6,9 @@ identifiers, then the primaries' row locks in id order, serialization_failure to
 in full in sql/migrations/0002_identify_v1.sql; what v2 adds (events, limits) in 0006_identify_v2.sql.
 """
 
-import weakref
 from dataclasses import dataclass
 
 from identity.queries import QUERIES
-
-
-# Connections on which the hot statement is prepared; a closed connection drops out by itself.
-PREPARED = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -38,18 +33,10 @@ class Limits:
 NO_LIMITS = Limits()
 
 
-def prepare(conn, cur):
-    """Prepare the hot statement on this connection, once (PREPARE survives rollbacks)."""
-    if conn not in PREPARED:
-        cur.execute(QUERIES["prepare_identify"])
-        PREPARED.add(conn)
-
-
 def identify(conn, email, phone_number, request_id=None, limits=NO_LIMITS):
     """Link the contact details into one customer, record what changed, and return the customer."""
     params = {"email": email, "phone_number": phone_number, "request_id": request_id, **vars(limits)}
     with conn.cursor() as cur:
-        prepare(conn, cur)
         cur.execute(QUERIES["identify"], params)
         return Outcome(*cur.fetchone())
 

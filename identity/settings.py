@@ -13,6 +13,8 @@ from psycopg2.extensions import parse_dsn
 
 DEFAULTS = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/identity",
+    # A replica for the GET /contacts... lookups, which then lag the writes; empty: DATABASE_URL.
+    "DATABASE_READ_URL": "",
     "DB_POOL_SIZE": 4,
     "DB_CONNECT_TIMEOUT": 3,
     "DB_STATEMENT_TIMEOUT_MS": 5000,
@@ -84,8 +86,15 @@ def check(config):
     config["PHONE_REGION"] = config["PHONE_REGION"].upper()
     if config["PHONE_REGION"] and config["PHONE_REGION"] not in phonenumbers.SUPPORTED_REGIONS:
         raise BadSetting(f"PHONE_REGION={config['PHONE_REGION']!r}: give an ISO 3166 country code such as IN")
+    for name in ("DATABASE_URL", "DATABASE_READ_URL"):
+        if name == "DATABASE_URL" or config[name]:
+            check_database_url(name, config[name])
+
+
+def check_database_url(name, url):
+    """Stop the start unless libpq can read the URL."""
     try:
-        parse_dsn(config["DATABASE_URL"])
+        parse_dsn(url)
     except ProgrammingError:
         # libpq's reason would quote the setting, password and all: the log must not carry it.
-        raise BadSetting("DATABASE_URL is not a PostgreSQL URL or connection string libpq can read") from None
+        raise BadSetting(f"{name} is not a PostgreSQL URL or connection string libpq can read") from None

@@ -205,7 +205,7 @@ NO_CONTACT = ErrorExample(404, "contact", "Unknown contact", "not_found", "No li
 @apidoc.errors(NO_CONTACT, ROUTE_NOT_FOUND, DATABASE_DOWN)
 def contact_by_id(contact_id):
     """The customer the contact belongs to, found by any of its contacts' ids; writes nothing."""
-    return found(db.run(repository.customer_of_contact, contact_id), NO_CONTACT)
+    return found(db.read(repository.customer_of_contact, contact_id), NO_CONTACT)
 
 
 # The task's George example, as history and path answer it (tests/test_explain.py replays them).
@@ -272,7 +272,7 @@ GEORGE_PATH = {
 @apidoc.errors(NO_CONTACT, ROUTE_NOT_FOUND, DATABASE_DOWN)
 def customer_history(contact_id):
     """The customer of the contact and every recorded event of its contacts, oldest first."""
-    found = db.run(repository.customer_history, contact_id)
+    found = db.read(repository.customer_history, contact_id)
     if found is None:
         raise NotFound(NO_CONTACT.message)
     customer, events = found
@@ -298,7 +298,7 @@ NOT_ONE_CUSTOMER = ErrorExample(
 @apidoc.errors(NOT_ONE_CUSTOMER, ROUTE_NOT_FOUND, DATABASE_DOWN)
 def evidence_path(contact_id, other_id):
     """The shortest chain of evidence from one contact to the other, when they are one customer."""
-    found = db.run(repository.customer_evidence, contact_id)
+    found = db.read(repository.customer_evidence, contact_id)
     path = found and explain.shortest_path(found[1], found[2], contact_id, other_id)
     if not path:
         raise NotFound(NOT_ONE_CUSTOMER.message)
@@ -332,7 +332,7 @@ def contact_by_identifier(wanted):
     """The customer holding the email or the phone number in the query string; writes nothing."""
     wanted = blocking.usable(wanted)
     email, phone_number = wanted.get("email"), wanted.get("phone_number")
-    return found(db.run(repository.customer_with_identifier, email, phone_number), NO_HOLDER)
+    return found(db.read(repository.customer_with_identifier, email, phone_number), NO_HOLDER)
 
 
 def found(customer, not_found):

@@ -1,12 +1,9 @@
--- prepare_identify --
--- Once per connection: the hot statement, parsed and planned once instead of on every request.
-PREPARE identify_contact_v2 (text, text, text, int, int, int) AS
-SELECT contact, created, merged, refused
-FROM identify_v2($1, $2, $3, $4, $5, $6);
-
 -- identify --
--- Reconcile one checkout's contact details; see sql/migrations/0006_identify_v2.sql.
-EXECUTE identify_contact_v2 (
+-- Reconcile one checkout's contact details; see sql/migrations/0006_identify_v2.sql. A plain
+-- statement, not a PREPAREd one: a prepared statement lives on one server connection, and behind
+-- PgBouncer in transaction pooling the next transaction may be lent another (README, "PgBouncer").
+SELECT contact, created, merged, refused
+FROM identify_v2(
     %(email)s, %(phone_number)s, %(request_id)s, %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s);
 
 -- ping --

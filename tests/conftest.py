@@ -4,6 +4,11 @@ The server is the first of: TEST_DATABASE_URL; a testcontainers PostgreSQL where
 answers; the local server at LOCAL_SERVER_URL; an embedded PostgreSQL (identity/embedded.py) in a
 temporary data directory, stopped and removed at the end of the session. Each test gets its own
 database, copied from a template that was migrated once, and dropped afterwards.
+
+Tests marked `pooled` run twice: with the app straight on PostgreSQL, and through a PgBouncer in
+transaction pooling (deploy/pgbouncer.ini, one for the session) in front of the same server. Such a
+test asks for `service_url`, the address the app uses; `database_url` stays the direct one, for
+looking at the table.
 """
 
 import contextlib
@@ -17,10 +22,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from identity import create_app, embedded
 from identity.migrations import migrate
+from servers import start_pgbouncer, stop
 
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOW_TO_PROVIDE = (
@@ -157,14 +163,40 @@ def conn(database_url):
     connection.close()
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(server_url):
+    """(host, port) of a PgBouncer in transaction pooling in front of the test server."""
+    server = parse_dsn(server_url)
+    host = server.get("host", "127.0.0.1")
+    process, port, ini = start_pgbouncer(host, server.get("port", 5432), server.get("user", "postgres"))
+    yield "127.0.0.1", port
+    stop(process)
+    shutil.rmtree(ini.parent)
+
+
+def pytest_generate_tests(metafunc):
+    """A `pooled` test that asks for service_url runs direct and through PgBouncer."""
+    if "service_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("pooled"):
+        metafunc.parametrize("service_url", ["direct", "pgbouncer"], indirect=True)
+
+
+@pytest.fixture
+def service_url(request, database_url):
+    """The URL the app uses for this test's database: direct, or through PgBouncer when so parametrised."""
+    if getattr(request, "param", "direct") == "direct":
+        return database_url
+    host, port = request.getfixturevalue("pgbouncer")
+    return make_dsn(database_url, host=host, port=port)
+
+
 def make_app(database_url, **overrides):
     """The app as production builds it, pointed at database_url."""
     return create_app({"DATABASE_URL": database_url, "TESTING": True, **overrides})
 
 
 @pytest.fixture
-def app(database_url):
-    app = make_app(database_url)
+def app(service_url):
+    app = make_app(service_url)
     yield app
     app.extensions["identity_pool"].closeall()
 

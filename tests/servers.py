@@ -1,4 +1,5 @@
-"""Real servers for end-to-end tests: gunicorn as production starts it, nginx with deploy/nginx.conf, Redis.
+"""Real servers for end-to-end tests: gunicorn as production starts it, nginx with deploy/nginx.conf, Redis,
+PgBouncer with deploy/pgbouncer.ini.
 
 Each runs as a child process on free loopback ports, logging into the test's temporary directory,
 and is stopped by the caller (see stop()).
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+import pgbouncer_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx.conf"
@@ -207,3 +210,13 @@ def start_redis(tmp_path, port=None):
 
     wait_until(answers, process, "redis-server", log)
     return process, port
+
+
+def start_pgbouncer(server_host, server_port, user):
+    """Debian's pgbouncer with deploy/pgbouncer.ini in front of the server; returns (process, port, ini)."""
+    port = free_port()
+    ini = pgbouncer_config.prepared_directory(port, server_host, server_port, user)
+    log = ini.parent / "pgbouncer.log"
+    process = start(pgbouncer_config.command(program("pgbouncer"), ini), log)
+    wait_until(lambda: listening(port), process, "pgbouncer", log)
+    return process, port, ini

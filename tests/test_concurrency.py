@@ -35,6 +35,8 @@ GROUP_SIZE = 5
 DIRECT_THREADS = 16
 CHAINS = 12
 CHAIN_LENGTH = 12
+# Every race runs straight on PostgreSQL and through PgBouncer in transaction pooling.
+pytestmark = pytest.mark.pooled
 
 
 # The reference model.
@@ -229,10 +231,10 @@ def run_together(batches, work):
 
 
 @pytest.fixture
-def server(database_url, tmp_path):
+def server(service_url, tmp_path):
     """A real gunicorn with several workers, serving this test's database; yields (host, port)."""
     port = free_port()
-    process, _ = start_gunicorn(tmp_path, port, DATABASE_URL=database_url, WEB_CONCURRENCY=WORKERS)
+    process, _ = start_gunicorn(tmp_path, port, DATABASE_URL=service_url, WEB_CONCURRENCY=WORKERS)
     try:
         yield (HOST, port)
     finally:
@@ -326,9 +328,9 @@ def test_storm_of_overlapping_merges_through_gunicorn_is_serialisable(server, co
     assert_serialisable(live_contacts(conn), answered)
 
 
-def test_racing_merges_on_direct_connections_are_serialisable(database_url, conn):
+def test_racing_merges_on_direct_connections_are_serialisable(service_url, conn):
     requests = chain_requests(random.Random(4))
-    results = run_together(deal(requests, DIRECT_THREADS), lambda batch: identify_all(database_url, batch))
+    results = run_together(deal(requests, DIRECT_THREADS), lambda batch: identify_all(service_url, batch))
     raised = [(request, result) for request, result in results if isinstance(result, Exception)]
     assert raised == []
     rows_by_id = live_contacts(conn)

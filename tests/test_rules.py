@@ -3,9 +3,13 @@
 import time
 
 import psycopg2
+import pytest
 
 from helpers import all_contacts, identify
 from identity import repository
+
+# Every rule holds straight on PostgreSQL and through PgBouncer in transaction pooling.
+pytestmark = pytest.mark.pooled
 
 
 def customer(primary, emails, phones, secondaries):
@@ -136,8 +140,8 @@ def test_other_keys_are_ignored(client, conn):
     assert len(all_contacts(conn)) == 1
 
 
-def test_created_at_is_the_moment_the_row_is_written_not_the_transaction_start(database_url):
-    conn = psycopg2.connect(database_url)
+def test_created_at_is_the_moment_the_row_is_written_not_the_transaction_start(service_url):
+    conn = psycopg2.connect(service_url)
     try:
         repository.identify(conn, "a@x.io", "1")
         time.sleep(0.05)
@@ -149,8 +153,8 @@ def test_created_at_is_the_moment_the_row_is_written_not_the_transaction_start(d
     assert (rows[1]["created_at"] - rows[0]["created_at"]).total_seconds() >= 0.05
 
 
-def test_repository_reports_what_it_created_and_merged(database_url):
-    conn = psycopg2.connect(database_url)
+def test_repository_reports_what_it_created_and_merged(service_url):
+    conn = psycopg2.connect(service_url)
     try:
         calls = [("a@x.io", "1"), ("b@x.io", "2"), ("a@x.io", "3"), ("b@x.io", "1"), ("b@x.io", "1")]
         outcomes = [repository.identify(conn, *call) for call in calls]

@@ -3,9 +3,11 @@
 For each size K it makes a throwaway database, preloads K customers, starts gunicorn exactly as
 `make run` does, runs the three workloads (a warm-up, then the measured run), checks the table's
 invariants, and measures the pgbench floor on the same table; then the ceiling of the web stack,
-a JSON echo under the same gunicorn settings. `--soak SECONDS` instead runs the checkout mix that
-long and samples each worker's resident memory. `--compare REF...` runs the checkout mix on this
-checkout and on each git ref (a worktree of it), taking turns, so all see the same machine.
+a JSON echo under the same gunicorn settings. The checkout mix runs once more with the service
+behind PgBouncer in transaction pooling (deploy/pgbouncer.ini), printed beside the direct run.
+`--soak SECONDS` instead runs the checkout mix that long and samples each worker's resident memory.
+`--compare REF...` runs the checkout mix on this checkout and on each git ref (a worktree of it),
+taking turns, so all see the same machine.
 """
 
 import argparse
@@ -31,10 +33,12 @@ from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))
+import pgbouncer_config  # noqa: E402
 from identity.migrations import migrate  # noqa: E402
 from identity.queries import load  # noqa: E402
 
@@ -52,6 +56,7 @@ NGINX_SERVERS = re.compile(r"(?m)^(\s*)server \S+ ([^;]*);\s*# tests replace: on
 KEEPALIVE = "keepalive 16;\n"
 KEEPALIVE_PROXY = 'proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
 
+PGBOUNCER_PORT = int(os.environ.get("BENCH_PGBOUNCER_PORT", "8097"))
 WORKLOADS = ("checkout", "new", "merge")
 MEDIANS = ("rps", "p50_us", "p99_us", "cpu_us")
 BATCH_ITEMS = 100  # items per request of the batch workload (workloads.lua)
@@ -123,6 +128,45 @@ def service(app, database_url=None, root=ROOT):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def pgbouncer(url):
+    """The URL of url's database through a PgBouncer with deploy/pgbouncer.ini, started for the run."""
+    server = parse_dsn(url)
+    ini = pgbouncer_config.prepared_directory(
+        PGBOUNCER_PORT,
+        server.get("host", "127.0.0.1"),
+        server.get("port", 5432),
+        server.get("user", "postgres"),
+    )
+    program = shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+    process = subprocess.Popen(pgbouncer_config.command(program, ini), stderr=subprocess.DEVNULL)
+    pooled = make_dsn(url, host=pgbouncer_config.HOST, port=PGBOUNCER_PORT)
+    try:
+        wait_until(lambda: connects(pooled), "pgbouncer")
+        yield pooled
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(ini.parent)
+
+
+def connects(url):
+    """Whether a connection to url opens (it is closed again)."""
+    psycopg2.connect(url).close()
+    return True
+
+
+def wait_until(ready, what, seconds=30):
+    """Block until ready() holds without raising."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, psycopg2.OperationalError):
+            if ready():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start")
 
 
 def wait_until_serving(seconds=30):
@@ -295,6 +339,7 @@ def bench_size(customers, args):
                 for name, figures in measured:
                     rows.append((name, figures | {"violations": found}))
                     print(f"{name}: {rows[-1][1]}", file=sys.stderr, flush=True)
+        rows.append(pooled_checkout(url, customers, args))
         floor = statistics.median(pgbench(url, customers, args.duration) for _ in range(args.repeat))
     rows.append((f"pgbench floor @ {customers:,}", {"rps": floor}))
     return rows
@@ -412,6 +457,15 @@ def workload_rows(workload, customers, args, master):
     return [(f"checkout @ {customers:,}", direct), (f"checkout via nginx @ {customers:,}", through_nginx)]
 
 
+def pooled_checkout(url, customers, args):
+    """The checkout mix with the service behind PgBouncer in transaction pooling."""
+    with pgbouncer(url) as pooled, service("wsgi:app", pooled) as master:
+        figures = measure("checkout", customers, args, master)
+    figures["violations"] = violations(url, customers)
+    print(f"checkout via PgBouncer @ {customers:,}: {figures}", file=sys.stderr, flush=True)
+    return f"checkout via PgBouncer @ {customers:,}", figures
+
+
 def ceiling(args):
     """The web stack alone: a JSON echo under the same gunicorn settings."""
     with service("echo:app") as master:
@@ -421,7 +475,7 @@ def ceiling(args):
 def print_table(rows):
     """One table: throughput, latency, errors, invariants, memory."""
     print(
-        f"{'run':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
+        f"{'run':<36}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}"
         f"{'broken':>8}  worker RSS MiB"
     )
     for name, f in rows:
@@ -432,7 +486,7 @@ def print_table(rows):
             else f"{'':>35}"
         )
         rss = ", ".join(f"{m:.0f}" for m in f.get("rss_mib", []))
-        print(f"{name:<34}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
+        print(f"{name:<36}{f['rps']:>9.0f}{latency}{broken!s:>8}  {rss}")
 
 
 def share_of_floor(rows):
