@@ -31,6 +31,9 @@ DEFAULTS = {
 # The least a whole-number setting may be: none of these works at 0.
 SMALLEST = {"DB_POOL_SIZE": 1, "DB_CONNECT_TIMEOUT": 1, "DB_STATEMENT_TIMEOUT_MS": 1, "MAX_CONTENT_LENGTH": 1}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# libpq's values of target_session_attrs, and those that find the primary among several hosts.
+SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+WRITABLE_SESSION_ATTRS = ("read-write", "primary")
 
 
 class BadSetting(ValueError):
@@ -61,8 +64,23 @@ def check(config):
             raise BadSetting(f"{name}={config[name]!r}: it must be a whole number, {smallest} or more")
     if config["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise BadSetting(f"LOG_LEVEL={config['LOG_LEVEL']!r}: use one of {', '.join(LOG_LEVELS)}")
+    check_database_url(config["DATABASE_URL"])
+
+
+def check_database_url(url):
+    """Stop the start on a DATABASE_URL libpq cannot read, or whose hosts might not lead to the primary."""
     try:
-        parse_dsn(config["DATABASE_URL"])
+        dsn = parse_dsn(url)
     except ProgrammingError:
         # libpq's reason would quote the setting, password and all: the log must not carry it.
         raise BadSetting("DATABASE_URL is not a PostgreSQL URL or connection string libpq can read") from None
+    attrs = dsn.get("target_session_attrs", "any")
+    if attrs not in SESSION_ATTRS:
+        choices = ", ".join(SESSION_ATTRS)
+        raise BadSetting(f"DATABASE_URL: target_session_attrs={attrs!r}: use one of {choices}")
+    hosts, ports = dsn.get("host", "").split(","), dsn.get("port", "").split(",")
+    if len(ports) not in (1, len(hosts)):
+        raise BadSetting(f"DATABASE_URL names {len(hosts)} hosts but {len(ports)} ports: one, or one each")
+    if len(hosts) > 1 and attrs not in WRITABLE_SESSION_ATTRS:
+        # libpq takes the first host that answers, a standby as readily as the primary.
+        raise BadSetting("DATABASE_URL names several hosts: add target_session_attrs=read-write")
