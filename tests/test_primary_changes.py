@@ -1,4 +1,4 @@
-"""A primary that goes away or turns read-only, without a cluster: several hosts, one dead; read-only."""
+"""A primary that goes away or turns read-only, without a cluster: several hosts, one dead; read-only.
 
 The Patroni cluster's own failover and switchover are in tests/test_cluster.py.
 """
