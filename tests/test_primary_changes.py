@@ -118,4 +118,3 @@ def test_a_database_url_that_may_miss_the_primary_stops_the_start(url, complaint
 )
 def test_several_hosts_that_lead_to_the_primary_are_accepted(url):
     assert make_app(url).config["DATABASE_URL"] == url
-
