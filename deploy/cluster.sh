@@ -7,6 +7,8 @@
 #   deploy/cluster.sh stop     stop it; the data stays, for the next start
 #   deploy/cluster.sh url      print the DATABASE_URL
 #   deploy/cluster.sh list     patronictl list: the members, their roles and lag
+#   deploy/cluster.sh switchover
+#                              a planned switchover from the leader to its synchronous standby
 #
 # `make cluster` and `make cluster-stop` run the first two. Settings, from the environment:
 #   CLUSTER_DIR        data, configuration and logs (.data/cluster)
@@ -198,5 +200,6 @@ start) start ;;
 stop) stop ;;
 url) database_url ;;
 list) patronictl -c "$DIR/node1/patroni.yml" list ;;
-*) die "usage: $0 start|stop|url|list" ;;
+switchover) patronictl -c "$DIR/node1/patroni.yml" switchover --force ;;
+*) die "usage: $0 start|stop|url|list|switchover" ;;
 esac
