@@ -161,7 +161,11 @@ def checkout(rng, fresh):
 
 
 def post(port, request):
-    """POST /identify; (status, body, sent, answered) with monotonic times."""
+    """POST /identify; (status, body, sent, answered) with monotonic times.
+
+    A broken connection or an answer that is not JSON is kept as its exception in place of the status,
+    so that the checks see it.
+    """
     sent = time.monotonic()
     connection = http.client.HTTPConnection(HOST, port, timeout=60)
     try:
@@ -169,6 +173,8 @@ def post(port, request):
         connection.request("POST", "/identify", body, {"Content-Type": "application/json"})
         response = connection.getresponse()
         return response.status, json.loads(response.read()), sent, time.monotonic()
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        return repr(error), None, sent, time.monotonic()
     finally:
         connection.close()
 
