@@ -14,7 +14,8 @@ EMBEDDED_DATA := .data/postgres
 LOCK_ARGS ?=
 export PORT WEB_CONCURRENCY
 
-.PHONY: run dev migrate import stop-db test test-tools lint lock clean bench bench-soak bench-compare bench-tools
+.PHONY: run dev migrate import stop-db test test-tools lint lock clean bench bench-soak bench-compare \
+	bench-tools cluster cluster-stop cluster-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +57,7 @@ import: $(APP) $(VENV)/.installed-embedded  ## import a history of orders: make 
 stop-db: $(APP) $(VENV)/.installed-embedded  ## stop the embedded PostgreSQL (its data stays)
 	$(BIN)/python -m identity.embedded stop $(EMBEDDED_DATA)
 
-test: test-tools $(APP) $(VENV)/.installed-test $(VENV)/.installed-embedded  ## every test, against a real PostgreSQL
+test: test-tools cluster-tools $(APP) $(VENV)/.installed-test $(VENV)/.installed-embedded  ## every test, against a real PostgreSQL
 	$(BIN)/pytest
 
 # The end-to-end tests start an nginx, a Redis and a PgBouncer of their own (tests/servers.py).
@@ -64,6 +65,18 @@ test-tools:  ## nginx, redis-server and pgbouncer from Debian, when missing
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && command -v redis-server >/dev/null && \
 		PATH="$$PATH:/usr/sbin" command -v pgbouncer >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq nginx redis-server pgbouncer)
+
+# A local Patroni cluster, etcd and three PostgreSQL 15 nodes on loopback ports (deploy/cluster.sh);
+# tests/test_cluster.py starts one of its own on free ports.
+cluster-tools:  ## patroni and etcd from Debian, when missing
+	@command -v patroni >/dev/null && command -v etcd >/dev/null && command -v etcdctl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq patroni etcd-server etcd-client)
+
+cluster: cluster-tools  ## start the local Patroni cluster in .data/cluster; prints its DATABASE_URL
+	deploy/cluster.sh start
+
+cluster-stop:  ## stop the local Patroni cluster (its data stays)
+	deploy/cluster.sh stop
 
 # The bench drives the service through nginx and PgBouncer too, and `--where` times a Redis GET.
 bench-tools:  ## wrk, pgbench, nginx, redis-server and pgbouncer from Debian, when missing

@@ -4,7 +4,7 @@ import contextlib
 
 import psycopg2
 from flask import current_app, g
-from psycopg2 import extensions
+from psycopg2 import errorcodes, extensions
 
 from identity.pool import ConnectionPool
 from identity.queries import QUERIES
@@ -42,6 +42,19 @@ def timed_connection(statement_timeout_ms):
             self.cursor_factory = TimedCursor
 
     return TimedConnection
+
+
+# SQLSTATEs after which a connection is of no more use, though it may still look open: its server
+# became a standby or read-only (a failover or switchover demoted it), or it is shutting down or not
+# yet accepting. Class 08, connection exceptions, counts too (see unusable()).
+SERVER_UNUSABLE = frozenset(
+    {
+        errorcodes.READ_ONLY_SQL_TRANSACTION,
+        errorcodes.ADMIN_SHUTDOWN,
+        errorcodes.CRASH_SHUTDOWN,
+        errorcodes.CANNOT_CONNECT_NOW,
+    }
+)
 
 
 def connect_kwargs(config):
@@ -101,19 +114,37 @@ def connection_lost():
     return conn is not None and bool(conn.closed)
 
 
+def unusable(error):
+    """Whether error leaves the request's connection unfit for writes: dropped, or its server no primary."""
+    code = getattr(error, "pgcode", None) or ""
+    server_left = code in SERVER_UNUSABLE or code.startswith("08")
+    return g.get("db") is not None and (connection_lost() or server_left)
+
+
+def drop_connection():
+    """Close the request's connection, so the next one is opened afresh to whichever host is primary."""
+    g.db.close()
+    release_connection()
+
+
 def run(work, *args):
     """Run idempotent work(conn, *args) in a transaction, retried on conflicts.
 
-    A pooled connection may have died while idle (the server restarted). Then the work runs once
-    more on a fresh connection: safe because every unit of work here is idempotent.
+    A connection may be unusable: it died while idle (the server restarted), or its server is no longer
+    the primary (a failover). Then it is dropped and the work runs once more on a fresh connection,
+    which libpq opens to the host of DATABASE_URL that takes writes: safe because every unit of work
+    here is idempotent. Should that fail too, its connection is dropped as well and the error's handler
+    answers 503 (identity/errors.py), so no request waits out a failover.
     """
-    try:
-        return retrying(get_connection(), work, *args)
-    except (psycopg2.OperationalError, psycopg2.InterfaceError):
-        if not connection_lost():
-            raise
-        release_connection()
-        return retrying(get_connection(), work, *args)
+    for attempt in (1, 2):
+        try:
+            return retrying(get_connection(), work, *args)
+        except psycopg2.Error as error:
+            if not unusable(error):
+                raise
+            drop_connection()
+            if attempt == 2:
+                raise
 
 
 def read(work, *args):

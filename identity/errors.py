@@ -2,6 +2,7 @@
 
 import psycopg2
 from flask import current_app, jsonify, request
+from psycopg2.errors import ReadOnlySqlTransaction
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
@@ -38,7 +39,7 @@ PAYLOAD_TOO_LARGE = ErrorExample(
 DATABASE_DOWN = ErrorExample(
     503,
     "database_unavailable",
-    "The database cannot be reached, timed out or stayed contended",
+    "The database cannot be reached, is failing over, timed out or stayed contended",
     "database_unavailable",
     DATABASE_UNAVAILABLE,
     headers=("Retry-After",),
@@ -103,6 +104,8 @@ def init_app(app):
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(ValidationError, invalid_fields)
-    for unavailable in (psycopg2.OperationalError, psycopg2.InterfaceError, PoolExhausted, TooMuchContention):
-        app.register_error_handler(unavailable, database_unavailable)
+    # A server that turned read-only is a standby now, mid-failover: as unavailable as one gone away.
+    unavailable = (psycopg2.OperationalError, psycopg2.InterfaceError, ReadOnlySqlTransaction)
+    for error in (*unavailable, PoolExhausted, TooMuchContention):
+        app.register_error_handler(error, database_unavailable)
     app.register_error_handler(Exception, unexpected)

@@ -53,6 +53,9 @@ SMALLEST = {
     "MAX_CONTACTS_PER_CUSTOMER": 0,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# libpq's values of target_session_attrs, and those that find the primary among several hosts.
+SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+WRITABLE_SESSION_ATTRS = ("read-write", "primary")
 
 
 class BadSetting(ValueError):
@@ -92,9 +95,19 @@ def check(config):
 
 
 def check_database_url(name, url):
-    """Stop the start unless libpq can read the URL."""
+    """Stop the start on a URL libpq cannot read, or whose hosts might not lead to the primary."""
     try:
-        parse_dsn(url)
+        dsn = parse_dsn(url)
     except ProgrammingError:
         # libpq's reason would quote the setting, password and all: the log must not carry it.
         raise BadSetting(f"{name} is not a PostgreSQL URL or connection string libpq can read") from None
+    attrs = dsn.get("target_session_attrs", "any")
+    if attrs not in SESSION_ATTRS:
+        choices = ", ".join(SESSION_ATTRS)
+        raise BadSetting(f"{name}: target_session_attrs={attrs!r}: use one of {choices}")
+    hosts, ports = dsn.get("host", "").split(","), dsn.get("port", "").split(",")
+    if len(ports) not in (1, len(hosts)):
+        raise BadSetting(f"{name} names {len(hosts)} hosts but {len(ports)} ports: one, or one each")
+    if name == "DATABASE_URL" and len(hosts) > 1 and attrs not in WRITABLE_SESSION_ATTRS:
+        # libpq takes the first host that answers, a standby as readily as the primary.
+        raise BadSetting("DATABASE_URL names several hosts: add target_session_attrs=read-write")
