@@ -12,7 +12,7 @@ from collections import Counter
 from marshmallow import ValidationError
 
 from identity import db, repository
-from identity.schemas import Email, PhoneNumber
+from identity.schemas import normal_email, normal_phone_number, phone_region
 
 BATCH_SIZE = 1000
 
@@ -20,8 +20,8 @@ BATCH_SIZE = 1000
 def normal_form(email, phone_number):
     """(email, phone number) as a request carrying them would be stored now; None if either is refused."""
     try:
-        new_email = None if email is None else Email().deserialize(email)
-        new_phone_number = None if phone_number is None else PhoneNumber().deserialize(phone_number)
+        new_email = None if email is None else normal_email(email)
+        new_phone_number = None if phone_number is None else normal_phone_number(phone_number, phone_region())
     except ValidationError:
         return None
     if (email is None) != (new_email is None) or (phone_number is None) != (new_phone_number is None):

@@ -231,9 +231,8 @@ def blocked_form(kind, value, pattern):
         except re.error as error:
             raise ValidationError(f"Not a regular expression: {error}.", "value") from None
         return value
-    field = Email() if kind == "email" else PhoneNumber()
     try:
-        normalised = field.deserialize(value)
+        normalised = normal_email(value) if kind == "email" else normal_phone_number(value, phone_region())
     except ValidationError as error:
         raise ValidationError(error.messages, "value") from None
     if normalised is None:
