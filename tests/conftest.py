@@ -195,6 +195,20 @@ def make_app(database_url, **overrides):
 
 
 @pytest.fixture
+def make(database_url):
+    """make(**settings): the app with these settings; pools closed at the end."""
+    apps = []
+
+    def make_with(**settings):
+        apps.append(make_app(database_url, **settings))
+        return apps[-1]
+
+    yield make_with
+    for app in apps:
+        app.extensions["identity_pool"].closeall()
+
+
+@pytest.fixture
 def app(service_url):
     app = make_app(service_url)
     yield app

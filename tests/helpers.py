@@ -2,6 +2,14 @@
 
 import psycopg2
 
+# The task's requests in its order: customers 1 (contacts 1, 2) and 3 (contacts 3, 4).
+TASK = [
+    ("lorraine@hillvalley.edu", "123456"),
+    ("mcfly@hillvalley.edu", "123456"),
+    ("george@hillvalley.edu", "919191"),
+    ("biffsucks@hillvalley.edu", "717171"),
+    ("george@hillvalley.edu", "717171"),
+]
 COLUMNS = "id, email, phone_number, linked_id, link_precedence, created_at, updated_at, deleted_at"
 
 

@@ -120,19 +120,6 @@ def test_an_item_with_only_blocked_values_refuses_the_batch_naming_it(client, co
     assert [row[1:3] for row in real_table(conn)] == [("doc@hillvalley.edu", None)]
 
 
-@pytest.fixture
-def make(database_url):
-    apps = []
-
-    def make_with(**settings):
-        apps.append(make_app(database_url, **settings))
-        return apps[-1]
-
-    yield make_with
-    for app in apps:
-        app.extensions["identity_pool"].closeall()
-
-
 def test_the_batch_takes_the_same_keys_as_identify(make):
     client = make(IDENTITY_API_KEYS=KEYS).test_client()
     assert batch(client, ORDERS)[0] == 401

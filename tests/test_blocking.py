@@ -53,10 +53,8 @@ NOT_BLOCKED_BY_RECOMMENDED = [
 
 
 @pytest.fixture
-def admin_app(database_url):
-    app = make_app(database_url, IDENTITY_ADMIN_KEYS=ADMIN_KEY)
-    yield app
-    app.extensions["identity_pool"].closeall()
+def admin_app(make):
+    return make(IDENTITY_ADMIN_KEYS=ADMIN_KEY)
 
 
 @pytest.fixture

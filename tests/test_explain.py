@@ -6,7 +6,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import all_contacts, identify
+from helpers import TASK, all_contacts, identify
 from servers import free_port, post_json, start_gunicorn, stop
 from test_concurrency import assert_links_name_live_primaries, assert_primaries_are_oldest, customers
 
@@ -17,13 +17,6 @@ from identity.views import GEORGE_HISTORY, GEORGE_PATH
 
 ADMIN_KEY = "explain-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-TASK = [
-    ("lorraine@hillvalley.edu", "123456"),
-    ("mcfly@hillvalley.edu", "123456"),
-    ("george@hillvalley.edu", "919191"),
-    ("biffsucks@hillvalley.edu", "717171"),
-    ("george@hillvalley.edu", "717171"),
-]
 
 
 def without_times(value):
@@ -36,10 +29,8 @@ def without_times(value):
 
 
 @pytest.fixture
-def admin_app(database_url):
-    app = make_app(database_url, IDENTITY_ADMIN_KEYS=ADMIN_KEY)
-    yield app
-    app.extensions["identity_pool"].closeall()
+def admin_app(make):
+    return make(IDENTITY_ADMIN_KEYS=ADMIN_KEY)
 
 
 @pytest.fixture

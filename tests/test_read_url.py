@@ -9,16 +9,9 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 from conftest import drop_database, make_app, run_autocommit, throwaway_database
-from helpers import all_contacts, identify
+from helpers import TASK, all_contacts, identify
 from identity.settings import BadSetting
 
-TASK = [
-    ("lorraine@hillvalley.edu", "123456"),
-    ("mcfly@hillvalley.edu", "123456"),
-    ("george@hillvalley.edu", "919191"),
-    ("biffsucks@hillvalley.edu", "717171"),
-    ("george@hillvalley.edu", "717171"),
-]
 LOOKUPS = ["/contacts/2", "/contacts?email=mcfly@hillvalley.edu", "/contacts/4/history", "/contacts/3/path/4"]
 
 

@@ -45,20 +45,6 @@ def bearer(key):
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture
-def make(database_url):
-    """make(**settings): the app with these settings; pools closed at the end."""
-    apps = []
-
-    def make_with(**settings):
-        apps.append(make_app(database_url, **settings))
-        return apps[-1]
-
-    yield make_with
-    for app in apps:
-        app.extensions["identity_pool"].closeall()
-
-
 def post(app, headers=None, address="10.0.0.1"):
     """POST /identify from a client address; return the response."""
     return app.test_client().post(
