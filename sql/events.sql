@@ -3,10 +3,7 @@
 -- first; no row when the contact is not live. The events are found through the GIN index on
 -- contact_ids.
 WITH customer AS (
-    SELECT p.id
-    FROM contact c
-    JOIN contact p ON p.id = coalesce(c.linked_id, c.id)
-    WHERE c.id = %(contact_id)s AND c.deleted_at IS NULL AND p.deleted_at IS NULL AND p.linked_id IS NULL
+    SELECT id FROM live_primary_of_v1(%(contact_id)s) AS p (id) WHERE id IS NOT NULL
 ), member_ids AS (
     SELECT array_agg(m.id) AS ids FROM customer, customer_contacts_v1(customer.id) m
 )
@@ -20,10 +17,7 @@ FROM customer;
 -- What links the contacts of a live contact's customer: its contacts and values, and the value
 -- pairs of the requests that merged its parts; no row when the contact is not live.
 WITH customer AS (
-    SELECT p.id
-    FROM contact c
-    JOIN contact p ON p.id = coalesce(c.linked_id, c.id)
-    WHERE c.id = %(contact_id)s AND c.deleted_at IS NULL AND p.deleted_at IS NULL AND p.linked_id IS NULL
+    SELECT id FROM live_primary_of_v1(%(contact_id)s) AS p (id) WHERE id IS NOT NULL
 ), members AS (
     SELECT m.* FROM customer, customer_contacts_v1(customer.id) m
 )

@@ -44,6 +44,16 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
+-- The primary of a live contact's customer; NULL when the contact or its primary is not live.
+CREATE FUNCTION live_primary_of_v1(p_contact_id bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT p.id
+    FROM contact c
+    JOIN contact p ON p.id = coalesce(c.linked_id, c.id)
+    WHERE c.id = p_contact_id AND c.deleted_at IS NULL AND p.deleted_at IS NULL AND p.linked_id IS NULL
+$$;
+
+
 -- The distinct values and the number of contacts of the customers (primary ids) taken together.
 CREATE FUNCTION customers_totals_v1(
     p_primary_ids bigint[], OUT emails text[], OUT phone_numbers text[], OUT contacts bigint)
