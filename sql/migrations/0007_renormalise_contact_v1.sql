@@ -16,13 +16,32 @@
 --      order.
 --   3. The row is rewritten, and identify_v2 merges under the locks we hold (it takes them again,
 --      which PostgreSQL grants at once to their holder).
+-- The advisory locks of the identifiers, once each, in ascending key order (the keys of the contract).
+CREATE FUNCTION lock_identifiers_v1(p_emails text[], p_phone_numbers text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    lock_key bigint;
+BEGIN
+    FOR lock_key IN
+        SELECT DISTINCT k FROM (
+            SELECT hashtextextended('email ' || e, 0) FROM unnest(p_emails) e WHERE e IS NOT NULL
+            UNION
+            SELECT hashtextextended('phone ' || p, 0) FROM unnest(p_phone_numbers) p WHERE p IS NOT NULL
+        ) keys(k)
+        ORDER BY k
+    LOOP
+        PERFORM pg_advisory_xact_lock(lock_key);
+    END LOOP;
+END
+$$;
+
+
 CREATE FUNCTION renormalise_contact_v1(
     p_id bigint, p_email text, p_phone_number text,
     OUT contact json, OUT merged bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     old_row contact;
-    identifier_keys bigint[];
     primary_ids bigint[];
     locked_ids bigint[];
 BEGIN
@@ -36,15 +55,7 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The keys are computed exactly as identify_v1 computes them (the contract).
-    SELECT array_agg(DISTINCT k ORDER BY k) INTO identifier_keys
-    FROM unnest(ARRAY[
-        hashtextextended('email ' || old_row.email, 0), hashtextextended('phone ' || old_row.phone_number, 0),
-        hashtextextended('email ' || p_email, 0), hashtextextended('phone ' || p_phone_number, 0)]) k
-    WHERE k IS NOT NULL;
-    FOR i IN 1 .. array_length(identifier_keys, 1) LOOP
-        PERFORM pg_advisory_xact_lock(identifier_keys[i]);
-    END LOOP;
+    PERFORM lock_identifiers_v1(ARRAY[old_row.email, p_email], ARRAY[old_row.phone_number, p_phone_number]);
 
     -- A new statement, so a new snapshot: the row's primary now, and the holders of the new values.
     SELECT array_agg(DISTINCT p ORDER BY p) INTO primary_ids

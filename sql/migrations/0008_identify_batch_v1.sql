@@ -8,24 +8,7 @@
 -- free. Its row locks are taken item by item, so across items they are not in one id order: a
 -- deadlock the server detects there is retried with the whole transaction, as every deadlock is
 -- (identity/retrying.py).
--- The advisory locks of the identifiers, once each, in ascending key order (the keys of the contract).
-CREATE FUNCTION lock_identifiers_v1(p_emails text[], p_phone_numbers text[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    lock_key bigint;
-BEGIN
-    FOR lock_key IN
-        SELECT DISTINCT k FROM (
-            SELECT hashtextextended('email ' || e, 0) FROM unnest(p_emails) e WHERE e IS NOT NULL
-            UNION
-            SELECT hashtextextended('phone ' || p, 0) FROM unnest(p_phone_numbers) p WHERE p IS NOT NULL
-        ) keys(k)
-        ORDER BY k
-    LOOP
-        PERFORM pg_advisory_xact_lock(lock_key);
-    END LOOP;
-END
-$$;
+-- lock_identifiers_v1, which takes them, is created by 0007_renormalise_contact_v1.sql.
 
 
 CREATE FUNCTION identify_batch_v1(
