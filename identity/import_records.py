@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -172,9 +173,8 @@ def read_records(stream, kind, region="", blocklist=None):
 
 
 def application_order(record):
-    """Timed records first by createdAt, then untimed; ties in file order (the sort is stable)."""
-    moment = record.created_at
-    return (moment is None, moment.timestamp() if moment else 0.0, record.line)
+    """Timed records first by createdAt, then untimed; ties keep file order, as the sort is stable."""
+    return record.created_at.timestamp() if record.created_at else math.inf
 
 
 def write_rejects(rejects, path):
