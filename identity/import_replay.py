@@ -5,6 +5,8 @@ joining several customers merges them into the one whose primary is oldest (crea
 record carrying a value its customer lacks adds a secondary. Then, because an imported record may
 be older than today's primary, each customer touched is given its oldest row as its primary, every
 other row linked straight to it (never a chain). Limits per customer do not apply to imports.
+Each new contact and each merge is recorded as an event, as identify_v2 records it, so the history
+and the path of a customer (identity/explain.py) see imported links too.
 """
 
 from dataclasses import dataclass, field
@@ -22,6 +24,19 @@ class Row:
     was_primary: tuple | None = None  # what is stored now, for existing rows
 
 
+@dataclass(frozen=True)
+class Event:
+    """A contact_event row whose contacts are still keys: (kind, survivor, contacts, values, when, request)."""
+
+    kind: str
+    survivor: tuple
+    contacts: tuple
+    email: str | None
+    phone_number: str | None
+    at: object
+    request_id: str
+
+
 @dataclass
 class Replay:
     """The customers of one chunk and what the chunk's records do to them."""
@@ -31,6 +46,7 @@ class Replay:
     owner: dict = field(default_factory=dict)
     members: dict = field(default_factory=dict)  # primary key -> [row keys]
     created: int = 0
+    events: list = field(default_factory=list)  # Event, in the order they happened
     counts: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
 
     def load(self, stored):
@@ -59,21 +75,29 @@ class Replay:
         row = self.rows[key]
         return key if row.primary is None else row.primary
 
-    def apply(self, email, phone_number, created_at):
-        """One record, as identify applies it."""
+    def apply(self, email, phone_number, created_at, request_id=None):
+        """One record, as identify applies and records it."""
         customers, knows_all = self.holders(email, phone_number)
+        event = lambda kind, survivor, contacts: self.events.append(  # noqa: E731
+            Event(kind, survivor, tuple(contacts), email, phone_number, created_at, request_id)
+        )
         if not customers:
             self.counts["primaries"] += 1
-            self.own(email, phone_number, self.add(email, phone_number, created_at, None))
+            new = self.add(email, phone_number, created_at, None)
+            self.own(email, phone_number, new)
+            event("created", new, [new])
             return
         if len(customers) == 1 and knows_all:
             return
         survivor = min(customers, key=self.age)
-        for demoted in customers - {survivor}:
-            self.merge(demoted, survivor)
+        demoted = sorted(customers - {survivor})  # id order, as identify lists them: new keys after old
+        for primary in demoted:
+            self.merge(primary, survivor)
+        if demoted:
+            event("merged", survivor, [survivor, *demoted])
         if not knows_all:
             self.counts["secondaries"] += 1
-            self.add(email, phone_number, created_at, survivor)
+            event("created", survivor, [self.add(email, phone_number, created_at, survivor), survivor])
         self.own(email, phone_number, survivor)
 
     def age(self, key):
@@ -106,7 +130,7 @@ class Replay:
                     self.rows[key].primary = None if key == oldest else oldest
 
     def changes(self, new_ids):
-        """(rows to insert as tuples, [(id, linked id)] for existing rows relinked); new_ids ascending."""
+        """(rows to insert, [(id, linked id)] for existing rows relinked, events); new_ids ascending."""
         real = {(1, n): new_id for n, new_id in enumerate(new_ids, start=1)}
         real_id = lambda key: None if key is None else real.get(key, key[1])  # noqa: E731
         inserts, relinks = [], []
@@ -117,4 +141,9 @@ class Replay:
             elif row.primary != row.was_primary:
                 relinks.append((key[1], linked))
         inserts.sort()
-        return inserts, relinks
+        events = [
+            (e.at, e.request_id, e.kind, real_id(e.survivor), [real_id(k) for k in e.contacts], e.email,
+             e.phone_number)
+            for e in self.events
+        ]
+        return inserts, relinks, events

@@ -95,7 +95,8 @@ def import_chunk(conn, chunk, started_at, dry_run):
         cur.execute(QUERIES["import_customers"], {"emails": emails, "phone_numbers": phone_numbers})
         replay.load(cur.fetchall())
         for record in chunk:
-            replay.apply(record.email, record.phone_number, record.created_at or started_at)
+            request_id = f"import {started_at:%Y-%m-%dT%H:%M:%SZ} line {record.line}"
+            replay.apply(record.email, record.phone_number, record.created_at or started_at, request_id)
         replay.oldest_primaries()
         if dry_run:
             conn.rollback()
@@ -105,14 +106,15 @@ def import_chunk(conn, chunk, started_at, dry_run):
 
 
 def write(cur, replay):
-    """Insert the new rows with ids from the table's sequence, then relink the existing ones."""
+    """Insert the new rows with ids from the table's sequence and their events; relink the existing rows."""
     cur.execute(QUERIES["import_new_ids"], {"n": replay.created})
-    inserts, relinks = replay.changes([row[0] for row in cur.fetchall()])
+    inserts, relinks, events = replay.changes([row[0] for row in cur.fetchall()])
     now = datetime.now(UTC)
     contacts = [
         (i, e, p, linked, "secondary" if linked else "primary", at, now) for i, e, p, linked, at in inserts
     ]
     cur.copy_expert(QUERIES["import_copy_contacts"], copy_text(contacts))
+    cur.copy_expert(QUERIES["import_copy_events"], copy_text(events))
     if relinks:
         ids, linked_ids = zip(*relinks, strict=True)
         cur.execute(QUERIES["import_relink"], {"ids": list(ids), "linked_ids": list(linked_ids)})
@@ -135,4 +137,6 @@ def copy_field(value):
         return value.translate(COPY_ESCAPES)
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, list):
+        return "{" + ",".join(map(str, value)) + "}"  # an array of ids
     return str(value)

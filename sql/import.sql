@@ -19,6 +19,10 @@ SELECT nextval(pg_get_serial_sequence('contact', 'id')) AS id FROM generate_seri
 -- import_copy_contacts --
 COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) FROM STDIN;
 
+-- import_copy_events --
+-- What the chunk did, as identify_v2 records it: each new contact and each merge.
+COPY contact_event (at, request_id, kind, survivor_id, contact_ids, email, phone_number) FROM STDIN;
+
 -- import_relink --
 -- Existing rows joined to another primary, or made the primary of their customer (linked id null).
 UPDATE contact c

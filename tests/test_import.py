@@ -40,6 +40,13 @@ def table(conn):
         return cur.fetchall()
 
 
+def events(conn):
+    """What each recorded event says, in the order it was written (times and request ids aside)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT kind, survivor_id, contact_ids, email, phone_number FROM contact_event ORDER BY id")
+        return cur.fetchall()
+
+
 def empty(conn):
     """An empty table with ids from 1."""
     with conn.cursor() as cur:
@@ -77,7 +84,7 @@ def posted_in_order(client, conn, records):
             assert client.post("/identify", json=body).status_code == 200
             # The row the request made, if any, carries the record's time, as the import writes it.
             cur.execute("UPDATE contact SET created_at = %s WHERE id > %s", (records[i]["createdAt"], before))
-    return table(conn)
+    return table(conn), events(conn)
 
 
 histories = st.integers(1, 30).flatmap(
@@ -97,7 +104,7 @@ def test_into_an_empty_table_the_import_writes_what_posting_in_order_writes(
     empty(conn)
     result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
     assert result.exit_code == 0, result.output
-    assert table(conn) == expected
+    assert (table(conn), events(conn)) == expected
 
 
 def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monkeypatch):
@@ -108,7 +115,7 @@ def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monk
     empty(conn)
     monkeypatch.setattr(importing, "CHUNK_SIZE", 3)
     assert run_import(runner, jsonl(tmp_path / "h.jsonl", records)).exit_code == 0
-    assert table(conn) == expected
+    assert (table(conn), events(conn)) == expected
 
 
 def test_an_older_imported_record_becomes_the_primary_of_a_populated_customer(client, runner, conn, tmp_path):
@@ -125,6 +132,24 @@ def test_an_older_imported_record_becomes_the_primary_of_a_populated_customer(cl
     oldest = rows["old@hv.edu"][0]
     assert all(row[3:5] == (oldest, "secondary") for email, row in rows.items() if email != "old@hv.edu")
     assert "customers merged: 1" in result.output
+
+
+def test_an_imported_merge_is_recorded_as_the_evidence_of_its_link(client, runner, conn, tmp_path):
+    records = timed(
+        [
+            {"email": "lorraine@hv.edu", "phoneNumber": "123456"},
+            {"email": "mcfly@hv.edu", "phoneNumber": "717171"},
+            {"email": "lorraine@hv.edu", "phoneNumber": "717171"},
+        ],
+        range(3),
+    )
+    assert run_import(runner, jsonl(tmp_path / "h.jsonl", records)).exit_code == 0
+    path = client.get("/contacts/2/path/1").get_json()["path"]
+    assert path[1]["evidence"]["kind"] == "request"
+    assert (path[1]["evidence"]["email"], path[1]["evidence"]["phoneNumber"]) == ("lorraine@hv.edu", "717171")
+    history = client.get("/contacts/1/history").get_json()["events"]
+    assert [event["kind"] for event in history] == ["created", "created", "merged"]
+    assert history[2]["requestId"].endswith(" line 3")
 
 
 def test_importing_the_same_file_twice_writes_nothing_the_second_time(runner, conn, tmp_path):
