@@ -26,7 +26,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Event:
-    """A contact_event row whose contacts are still keys: (kind, survivor, contacts, values, when, request)."""
+    """A contact_event row to write, its contacts still keys until the new rows have ids."""
 
     kind: str
     survivor: tuple

@@ -43,7 +43,9 @@ def table(conn):
 def events(conn):
     """What each recorded event says, in the order it was written (times and request ids aside)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT kind, survivor_id, contact_ids, email, phone_number FROM contact_event ORDER BY id")
+        cur.execute(
+            "SELECT kind, survivor_id, contact_ids, email, phone_number FROM contact_event ORDER BY id"
+        )
         return cur.fetchall()
 
 

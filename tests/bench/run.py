@@ -399,15 +399,35 @@ def order_line(customer, order, rng, at):
     return f"{email},{phone},{at.isoformat()}\n"
 
 
+def import_command(url, path):
+    """`flask import-contacts path` into url: (command, environment)."""
+    env = {**os.environ, "DATABASE_URL": url}
+    return [str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "import-contacts", path, "--allow-rejects"], env
+
+
 def timed_import(url, path):
     """(seconds, peak RSS MiB, summary line) of `flask import-contacts path` into url."""
-    env = {**os.environ, "DATABASE_URL": url}
-    command = [str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "import-contacts", path, "--allow-rejects"]
+    command, env = import_command(url, path)
     started = time.monotonic()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return seconds, peak, done.stdout.strip().splitlines()[-1]
+
+
+def checkout_during_import(url, path, customers):
+    """The checkout mix's runs (5 s each) for as long as an import into url runs beside it; its seconds."""
+    command, env = import_command(url, path)
+    with service("wsgi:app", url) as _master:
+        wrk("checkout", customers, 3)
+        started = time.monotonic()
+        importing = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        runs = []
+        while importing.poll() is None:
+            runs.append(wrk("checkout", customers, 5))
+        if importing.wait() != 0:
+            raise RuntimeError("the import beside the checkout mix failed")
+    return runs, time.monotonic() - started
 
 
 def copy_seconds(source_url, records):
@@ -446,6 +466,21 @@ def bench_imports(records, args):
             f"peak RSS {max(run[1] for run in runs):.0f} MiB; last: {runs[-1][2]}"
         )
     print(f"COPY of the resulting rows: {records / statistics.median(copies):,.0f} records/s")
+    with bench_database(records) as url:
+        runs, seconds = checkout_during_import(url, path, records)
+        checks = violations(url, records)
+    print_traffic_during_import(records, runs, seconds, sum(checks.values()))
+
+
+def print_traffic_during_import(records, runs, seconds, broken):
+    """The checkout mix's p99 (worst and median run) and failures while an import ran beside it."""
+    p99s = [run["p99_us"] / 1000 for run in runs]
+    failed = sum(run["non_2xx"] + run["socket_errors"] for run in runs)
+    print(
+        f"checkout mix during an import into {records:,} customers: p99 {max(p99s):.1f} ms in the worst of"
+        f" {len(runs)} runs of 5 s (median {statistics.median(p99s):.1f} ms), {failed} failed;"
+        f" the import took {seconds:.1f} s; invariants broken: {broken}"
+    )
 
 
 def workload_rows(workload, customers, args, master):
