@@ -10,6 +10,7 @@ and the path of a customer (identity/explain.py) see imported links too.
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 
 
 @dataclass
@@ -31,8 +32,7 @@ class Event:
     kind: str
     survivor: tuple
     contacts: tuple
-    email: str | None
-    phone_number: str | None
+    values: tuple  # (email, phone number)
     at: object
     request_id: str
 
@@ -78,27 +78,34 @@ class Replay:
     def apply(self, email, phone_number, created_at, request_id=None):
         """One record, as identify applies and records it."""
         customers, knows_all = self.holders(email, phone_number)
-        event = lambda kind, survivor, contacts: self.events.append(  # noqa: E731
-            Event(kind, survivor, tuple(contacts), email, phone_number, created_at, request_id)
-        )
+        if len(customers) == 1 and knows_all:
+            return
+        note = partial(self.note, (email, phone_number), created_at, request_id)
         if not customers:
             self.counts["primaries"] += 1
             new = self.add(email, phone_number, created_at, None)
             self.own(email, phone_number, new)
-            event("created", new, [new])
+            note("created", new, [new])
             return
-        if len(customers) == 1 and knows_all:
-            return
+        survivor = self.merge_into_oldest(customers, note)
+        if not knows_all:
+            self.counts["secondaries"] += 1
+            note("created", survivor, [self.add(email, phone_number, created_at, survivor), survivor])
+        self.own(email, phone_number, survivor)
+
+    def merge_into_oldest(self, customers, note):
+        """Merge the customers into the one whose primary is oldest, noting the merge; the survivor."""
         survivor = min(customers, key=self.age)
         demoted = sorted(customers - {survivor})  # id order, as identify lists them: new keys after old
         for primary in demoted:
             self.merge(primary, survivor)
         if demoted:
-            event("merged", survivor, [survivor, *demoted])
-        if not knows_all:
-            self.counts["secondaries"] += 1
-            event("created", survivor, [self.add(email, phone_number, created_at, survivor), survivor])
-        self.own(email, phone_number, survivor)
+            note("merged", survivor, [survivor, *demoted])
+        return survivor
+
+    def note(self, values, at, request_id, kind, survivor, contacts):
+        """Record an event of the record with these values."""
+        self.events.append(Event(kind, survivor, tuple(contacts), values, at, request_id))
 
     def age(self, key):
         """A row's place by age: created_at, then id."""
@@ -141,9 +148,10 @@ class Replay:
             elif row.primary != row.was_primary:
                 relinks.append((key[1], linked))
         inserts.sort()
-        events = [
-            (e.at, e.request_id, e.kind, real_id(e.survivor), [real_id(k) for k in e.contacts], e.email,
-             e.phone_number)
-            for e in self.events
-        ]
-        return inserts, relinks, events
+        return inserts, relinks, [self.event_row(e, real_id) for e in self.events]
+
+    @staticmethod
+    def event_row(event, real_id):
+        """An Event as contact_event's columns (at, request id, kind, survivor, contacts, email, phone)."""
+        contacts = [real_id(key) for key in event.contacts]
+        return (event.at, event.request_id, event.kind, real_id(event.survivor), contacts, *event.values)
