@@ -196,12 +196,15 @@ def default_rejects_path(path):
 
 @contextlib.contextmanager
 def progress_reporter(total):
-    """progress(done): a bar on a terminal, else a plain line on stderr at most every 5 seconds."""
-    if sys.stderr.isatty():
-        with click.progressbar(length=total, label="importing", show_pos=True, file=sys.stderr) as bar:
-            yield lambda done: bar.update(done - bar.pos)
-        return
+    """progress(done): a bar with records/s and time left on a terminal, else a line at most every 5 s."""
     started, last = time.monotonic(), [time.monotonic()]
+    if sys.stderr.isatty():
+        rate = lambda done: done and f"{done / max(time.monotonic() - started, 1e-9):.0f} records/s"  # noqa: E731
+        with click.progressbar(
+            length=total, label="importing", show_pos=True, item_show_func=rate, file=sys.stderr
+        ) as bar:
+            yield lambda done: bar.update(done - bar.pos, current_item=done)
+        return
 
     def line(done):
         if time.monotonic() - last[0] >= PROGRESS_SECONDS or done == total:
