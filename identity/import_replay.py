@@ -42,8 +42,9 @@ class Replay:
     """The customers of one chunk and what the chunk's records do to them."""
 
     rows: dict = field(default_factory=dict)  # key -> Row
-    # ("email"|"phone", value) -> the key of a row of the customer holding it; its root is the primary.
-    owner: dict = field(default_factory=dict)
+    # value -> the key of a row of the customer holding it; that row's root is the customer's primary.
+    email_owner: dict = field(default_factory=dict)
+    phone_owner: dict = field(default_factory=dict)
     members: dict = field(default_factory=dict)  # primary key -> [row keys]
     created: int = 0
     events: list = field(default_factory=list)  # Event, in the order they happened
@@ -60,15 +61,22 @@ class Replay:
 
     def own(self, email, phone_number, primary):
         """Note that the customer of primary holds these values."""
-        for value in (("email", email), ("phone", phone_number)):
-            if value[1] is not None:
-                self.owner[value] = primary
+        if email is not None:
+            self.email_owner[email] = primary
+        if phone_number is not None:
+            self.phone_owner[phone_number] = primary
 
     def holders(self, email, phone_number):
         """(the primaries holding either value, whether they hold every value given)."""
-        values = [v for v in (("email", email), ("phone", phone_number)) if v[1] is not None]
-        found = [self.owner.get(v) for v in values]
-        return {self.root(key) for key in found if key is not None}, None not in found
+        customers, knows_all = set(), True
+        for value, owner in ((email, self.email_owner), (phone_number, self.phone_owner)):
+            if value is not None:
+                key = owner.get(value)
+                if key is None:
+                    knows_all = False
+                else:
+                    customers.add(self.root(key))
+        return customers, knows_all
 
     def root(self, key):
         """The primary a row belongs to now."""

@@ -109,34 +109,45 @@ def write(cur, replay):
     """Insert the new rows with ids from the table's sequence and their events; relink the existing rows."""
     cur.execute(QUERIES["import_new_ids"], {"n": replay.created})
     inserts, relinks, events = replay.changes([row[0] for row in cur.fetchall()])
-    now = datetime.now(UTC)
-    contacts = [
-        (i, e, p, linked, "secondary" if linked else "primary", at, now) for i, e, p, linked, at in inserts
-    ]
-    cur.copy_expert(QUERIES["import_copy_contacts"], copy_text(contacts))
-    cur.copy_expert(QUERIES["import_copy_events"], copy_text(events))
+    cur.copy_expert(QUERIES["import_copy_contacts"], contact_lines(inserts, datetime.now(UTC)))
+    cur.copy_expert(QUERIES["import_copy_events"], event_lines(events))
     if relinks:
         ids, linked_ids = zip(*relinks, strict=True)
         cur.execute(QUERIES["import_relink"], {"ids": list(ids), "linked_ids": list(linked_ids)})
 
 
-def copy_text(rows):
-    """rows in COPY's text format: tab-separated, \\N for null, backslash and control characters escaped."""
-    return io.StringIO("".join("\t".join(map(copy_field, row)) + "\n" for row in rows))
-
-
-# COPY's text format escapes these; the rest of a value is taken as it is.
+# COPY's text format: fields split by tabs, \N is null, and these characters escaped in a value.
+NULL = "\\N"
 COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def copy_field(value):
-    """One value in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(COPY_ESCAPES)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "{" + ",".join(map(str, value)) + "}"  # an array of ids
-    return str(value)
+def copy_value(value):
+    """A text value, or null, in COPY's text format."""
+    return NULL if value is None else str(value).translate(COPY_ESCAPES)
+
+
+def contact_lines(inserts, now):
+    """The new rows (id, email, phone number, linked id, created_at) as COPY's input for contact.
+
+    Formatted line by line with one f-string, not field by field: at a million rows the import's
+    Python time is a large share of its whole.
+    """
+    stamp = now.isoformat()
+    return io.StringIO(
+        "".join(
+            f"{i}\t{copy_value(email)}\t{copy_value(phone)}\t{copy_value(linked)}\t"
+            f"{'primary' if linked is None else 'secondary'}\t{at.isoformat()}\t{stamp}\n"
+            for i, email, phone, linked, at in inserts
+        )
+    )
+
+
+def event_lines(events):
+    """The events (at, request id, kind, survivor, contact ids, email, phone) as COPY's input."""
+    return io.StringIO(
+        "".join(
+            f"{at.isoformat()}\t{copy_value(request)}\t{kind}\t{survivor}\t{{{','.join(map(str, ids))}}}\t"
+            f"{copy_value(email)}\t{copy_value(phone)}\n"
+            for at, request, kind, survivor, ids, email, phone in events
+        )
+    )
