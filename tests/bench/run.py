@@ -759,6 +759,9 @@ def where(args):
     )
 
 
+DEFAULT_IMPORT_RECORDS = 1_000_000
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, nargs="+", default=[20_000, 1_000_000])
@@ -795,6 +798,9 @@ def main():
     print_table(rows)
     share_of_floor(rows)
     print(f"each figure: median of {args.repeat} runs of {args.duration} s after {args.warmup} s of warm-up")
+    # The sections of issue 10, at the sizes its figures are given for.
+    bench_batch(args.customers[-1], args)
+    bench_imports(DEFAULT_IMPORT_RECORDS, args)
 
 
 if __name__ == "__main__":
