@@ -483,6 +483,37 @@ def print_traffic_during_import(records, runs, seconds, broken):
     )
 
 
+def bench_explain(customers, args):
+    """GET history and path of a customer of 50 contacts at `customers` customers (issue 12): ms each."""
+    with bench_database(customers) as url, service("wsgi:app", url):
+        answers = [post_identify({"email": "fifty@explain.test", "phoneNumber": str(n)}) for n in range(50)]
+        primary, last = answers[-1]["primaryContatctId"], answers[-1]["secondaryContactIds"][-1]
+        routes = {"history": f"/contacts/{primary}/history", "path": f"/contacts/{primary}/path/{last}"}
+        for name, route in routes.items():
+            seconds = [timed_get(route) for _ in range(200 * args.repeat)]
+            median, p99 = statistics.median(seconds) * 1000, statistics.quantiles(seconds, n=100)[98] * 1000
+            print(f"{name}, customer of 50 contacts @ {customers:,}: median {median:.1f}, p99 {p99:.1f} ms")
+
+
+def post_identify(body):
+    """POST /identify on PORT; the answer's contact."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}/identify", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)["contact"]
+
+
+def timed_get(route):
+    """Seconds one GET of route on PORT took, its 200 checked."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{route}", timeout=10) as answer:
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"{route} answered {answer.status}")
+    return time.perf_counter() - started
+
+
 def workload_rows(workload, customers, args, master):
     """One row per way of reaching the service: checkout straight and through nginx, taking turns."""
     if workload != "checkout":
@@ -781,6 +812,7 @@ def main():
         "--edge", action="store_true", help="checkout direct, via nginx, via nginx with a pool"
     )
     parser.add_argument("--where", action="store_true", help="where a returning customer's request time goes")
+    parser.add_argument("--explain", action="store_true", help="history and path of 50 contacts' customer")
     args = parser.parse_args()
     if args.imports:
         return bench_imports(args.imports, args)
@@ -790,6 +822,8 @@ def main():
         return edge(args)
     if args.where:
         return where(args)
+    if args.explain:
+        return [bench_explain(customers, args) for customers in args.customers]
     if args.soak:
         return soak(args)
     if args.compare:
