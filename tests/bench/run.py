@@ -366,32 +366,35 @@ def bench_batch(customers, args):
     print(f"invariants broken: {sum(checks.values())}")
 
 
-def history(records, rng):
+def history(records, rng, values=("hist.test", 2000000000)):
     """A realistic order history (issue 10): about 0.4 records per customer, shuffled, as CSV lines.
 
     Customers order 1 to 4 times with the same values; 10% change their phone number or email once,
     2% share a phone number with the customer before them (merges), 1% carry one value only, and
-    0.5% of records are bad; createdAt spread over three years.
+    0.5% of records are bad; createdAt spread over three years. Customer n's values are
+    c<n>@<domain> and <base + n> for values=(domain, base): ("bench.test", 1000000000) gives the
+    values of the benchmark's preloaded customers.
     """
     start, span = datetime(2022, 1, 1, tzinfo=UTC), 3 * 365 * 86400
     lines, customer = [], 0
     while len(lines) < records:
         customer += 1
         for order in range(rng.randint(1, 4)):
-            lines.append(order_line(customer, order, rng, start + timedelta(seconds=rng.randrange(span))))
+            at = start + timedelta(seconds=rng.randrange(span))
+            lines.append(order_line(customer, order, rng, at, values))
     rng.shuffle(lines)
     return ["email,phoneNumber,createdAt\n", *lines[:records]]
 
 
-def order_line(customer, order, rng, at):
+def order_line(customer, order, rng, at, values):
     """One record of the history's customer."""
-    email, phone = f"c{customer}@hist.test", str(2000000000 + customer)
+    domain, base = values
+    email, phone = f"c{customer}@{domain}", str(base + customer)
     if customer % 10 == 0 and order > 0:
-        email, phone = (
-            (email, str(3000000000 + customer)) if customer % 20 else (f"d{customer}@hist.test", phone)
-        )
+        changed = (email, str(3000000000 + customer)), (f"d{customer}@{domain}", phone)
+        email, phone = changed[0] if customer % 20 else changed[1]
     if customer % 50 == 1:
-        phone = str(2000000000 + customer - 1)
+        phone = str(base + customer - 1)
     if customer % 100 == 2:
         phone = ""
     if rng.random() < 0.005:
@@ -466,6 +469,8 @@ def bench_imports(records, args):
             f"peak RSS {max(run[1] for run in runs):.0f} MiB; last: {runs[-1][2]}"
         )
     print(f"COPY of the resulting rows: {records / statistics.median(copies):,.0f} records/s")
+    # Beside live traffic, a history of the very customers the checkout mix sends: they wait on locks.
+    Path(path).write_text("".join(history(records, random.Random(10), ("bench.test", 1000000000))))
     with bench_database(records) as url:
         runs, seconds = checkout_during_import(url, path, records)
         checks = violations(url, records)
