@@ -47,6 +47,8 @@ def folded_email(value):
     Folding turns the Turkish dotted capital `İ` into `i` + U+0307; no address tells the two apart,
     so the dot goes and `İvan` is `ivan`.
     """
+    if value.isascii():
+        return value.lower().strip()  # NFKC leaves ASCII as it is, and folding it is lower-casing
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
     return folded.replace("i\u0307", "i").strip()
 

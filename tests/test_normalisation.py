@@ -1,9 +1,14 @@
 """One person, many spellings: Unicode-equivalent emails are one value; with PHONE_REGION phones are E.164."""
 
+import unicodedata
+
 import pytest
 from helpers import all_contacts, identify
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import make_app
+from identity.schemas import folded_email
 from identity.settings import BadSetting
 
 # Spellings of one address a shopper's keyboard, phone or autofill may send: each pair must be one value.
@@ -94,3 +99,10 @@ def test_with_a_region_an_impossible_number_is_refused_and_writes_nothing(india,
 def test_a_region_that_is_none_stops_the_start(database_url, region):
     with pytest.raises(BadSetting, match="PHONE_REGION"):
         make_app(database_url, PHONE_REGION=region)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_takes_a_short_way_to_the_same_folding(value):
+    # NFKC, full case folding, NFKC again, the dotted i's dot gone, trimmed: the rule, spelled out.
+    full = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    assert folded_email(value) == full.replace("i\u0307", "i").strip()
