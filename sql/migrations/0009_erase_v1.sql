@@ -143,12 +143,14 @@ BEGIN
     FROM rederive_node n WHERE n.phone_number IS NOT NULL
     UNION ALL
     -- A request that carried both values joined their holders; only while both values survive (an
-    -- erased one is blanked in the event too, an unlinked one is no evidence).
+    -- erased one is blanked in the event too, an unlinked one is no evidence). Found by value, not by
+    -- the contacts an event names: after a split those may be another customer's. So every event is
+    -- read (README, "Erasure", the cost).
     SELECT min(by_email.id), min(by_phone.id)
     FROM contact_event e
     JOIN rederive_node by_email ON by_email.email = e.email
     JOIN rederive_node by_phone ON by_phone.phone_number = e.phone_number AND by_phone.grp = by_email.grp
-    WHERE e.kind IN ('created', 'merged') AND e.contact_ids && p_member_ids
+    WHERE e.kind IN ('created', 'merged')
     GROUP BY e.id, by_email.grp
     UNION ALL
     -- Links older than the record of evidence: the live rows one 'linked' event names stay together.
@@ -181,8 +183,8 @@ END
 $$;
 
 
--- Erase the customer a contact belongs to: every row's values blanked and the row soft-deleted, every
--- event of it (naming its rows, or carrying its values) left with no value, and one 'erased' event.
+-- Erase the customer a contact belongs to: every row's values blanked and the row soft-deleted, its
+-- values blanked in every event, and one 'erased' event.
 -- known is false for an id no row has; a contact already erased answers zero counts.
 CREATE FUNCTION erase_customer_v1(
     p_contact_id bigint, p_request_id text,
@@ -221,11 +223,19 @@ BEGIN
     )
     SELECT array_agg(e.id ORDER BY NOT e.is_primary, e.id) INTO erased_ids FROM erased e;
 
-    -- Every event is read: no index leads from a value to its events (README, "Erasure", the cost).
+    -- Its values are blanked wherever an event carries them, one by one: a value of another customer
+    -- in the same event stays, since it may be that customer's evidence. A refused link is evidence of
+    -- nothing, so one naming the customer keeps no value at all. Every event is read: no index leads
+    -- from a value to its events (README, "Erasure", the cost).
     WITH blanked AS (
-        UPDATE contact_event e SET email = NULL, phone_number = NULL
-        WHERE (e.email = ANY (held.emails) OR e.phone_number = ANY (held.phone_numbers)
-               OR e.contact_ids && erased_ids)
+        UPDATE contact_event e
+        SET email = CASE WHEN e.email = ANY (held.emails) OR r.refused THEN NULL ELSE e.email END,
+            phone_number = CASE WHEN e.phone_number = ANY (held.phone_numbers) OR r.refused
+                                THEN NULL ELSE e.phone_number END
+        FROM (SELECT f.id, f.kind = 'refused' AND f.contact_ids && erased_ids AS refused
+              FROM contact_event f) r
+        WHERE r.id = e.id
+          AND (e.email = ANY (held.emails) OR e.phone_number = ANY (held.phone_numbers) OR r.refused)
           AND (e.email IS NOT NULL OR e.phone_number IS NOT NULL)
         RETURNING 1
     )
