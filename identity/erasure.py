@@ -55,7 +55,7 @@ UNKNOWN_CONTACT = ErrorExample(404, "contact", "Unknown contact", "not_found", "
     "Every contact of the customer has its email and phone number blanked and is soft-deleted; every "
     "recorded event of it keeps no value. /identify with those values afterwards starts a new customer. "
     "Erasing again answers zero counts. Backups and the WAL still hold the values for a while (README, "
-    '"Erasure").',
+    '"Erasure and unlinking").',
     contact_id={"example": 4},
 )
 @apidoc.answers(

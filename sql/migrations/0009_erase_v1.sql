@@ -10,7 +10,7 @@
 
 -- An erased row is soft-deleted and may hold no value; a live row still holds one. The new check is
 -- weaker than the old, so every row passes it; the scan runs under the ALTER's exclusive lock (README,
--- "Erasure": how long on a table of a million rows).
+-- "Erasure and unlinking": how long on a table of a million rows).
 ALTER TABLE contact DROP CONSTRAINT contact_has_email_or_phone_number;
 ALTER TABLE contact ADD CONSTRAINT contact_live_has_email_or_phone_number
     CHECK (email IS NOT NULL OR phone_number IS NOT NULL OR deleted_at IS NOT NULL);
@@ -145,7 +145,7 @@ BEGIN
     -- A request that carried both values joined their holders; only while both values survive (an
     -- erased one is blanked in the event too, an unlinked one is no evidence). Found by value, not by
     -- the contacts an event names: after a split those may be another customer's. So every event is
-    -- read (README, "Erasure", the cost).
+    -- read (README, "Erasure and unlinking", the cost).
     SELECT min(by_email.id), min(by_phone.id)
     FROM contact_event e
     JOIN rederive_node by_email ON by_email.email = e.email
@@ -226,16 +226,16 @@ BEGIN
     -- Its values are blanked wherever an event carries them, one by one: a value of another customer
     -- in the same event stays, since it may be that customer's evidence. A refused link is evidence of
     -- nothing, so one naming the customer keeps no value at all. Every event is read: no index leads
-    -- from a value to its events (README, "Erasure", the cost).
+    -- from a value to its events (README, "Erasure and unlinking", the cost).
     WITH blanked AS (
         UPDATE contact_event e
-        SET email = CASE WHEN e.email = ANY (held.emails) OR r.refused THEN NULL ELSE e.email END,
-            phone_number = CASE WHEN e.phone_number = ANY (held.phone_numbers) OR r.refused
+        SET email = CASE WHEN e.email = ANY (held.emails) OR (e.kind = 'refused' AND e.contact_ids && erased_ids)
+                         THEN NULL ELSE e.email END,
+            phone_number = CASE WHEN e.phone_number = ANY (held.phone_numbers)
+                                     OR (e.kind = 'refused' AND e.contact_ids && erased_ids)
                                 THEN NULL ELSE e.phone_number END
-        FROM (SELECT f.id, f.kind = 'refused' AND f.contact_ids && erased_ids AS refused
-              FROM contact_event f) r
-        WHERE r.id = e.id
-          AND (e.email = ANY (held.emails) OR e.phone_number = ANY (held.phone_numbers) OR r.refused)
+        WHERE (e.email = ANY (held.emails) OR e.phone_number = ANY (held.phone_numbers)
+               OR (e.kind = 'refused' AND e.contact_ids && erased_ids))
           AND (e.email IS NOT NULL OR e.phone_number IS NOT NULL)
         RETURNING 1
     )
