@@ -145,7 +145,7 @@ def links(conn):
 def test_0009_on_a_filled_table_keeps_every_row_and_unhides_a_deleted_primarys_customer(filled_before_0009):
     conn = filled_before_0009
     values_before = values(conn)
-    assert migrate(conn) == ["0009_erase_v1"]
+    assert migrate(conn) == [stem(f) for f in sql_files(MIGRATIONS_DIR) if stem(f) > "0008_identify_batch_v1"]
     assert values(conn) == values_before
     # 4, the oldest live row of 3's customer, is its primary now, and 6, which took d@, joined it.
     assert links(conn) == {
