@@ -1,13 +1,17 @@
 """Erasure on request and unlinking (issue 13): what is blanked, what remains, who may, and the races."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import TASK, all_contacts, identify
 from servers import free_port, post_json, send, start_gunicorn, stop
 from test_concurrency import assert_links_name_live_primaries, assert_primaries_are_oldest, customers
+from test_import import jsonl, timed
 from test_renormalise import assert_each_value_in_one_customer
 
 from identity.admin import EXAMPLE_ADMIN_KEY
@@ -237,20 +241,28 @@ def eraser(port, rng, count):
 
 
 @pytest.mark.slow
-def test_erasures_racing_a_storm_of_identify_keep_every_invariant(database_url, conn, tmp_path):
+def test_erasures_racing_a_storm_of_identify_and_an_import_keep_every_invariant(database_url, conn, tmp_path):
     rng = random.Random(13)
-    bodies = [storm_body(rng) for _ in range(600)]
+    bodies = [storm_body(rng) for _ in range(1500)]
+    # An import of the same shoppers' orders, older than any live row, beside them.
+    history = jsonl(tmp_path / "h.jsonl", timed([storm_body(rng) for _ in range(300)], range(300)))
+    importing = [sys.executable, "-m", "flask", "--app", "wsgi", "import-contacts", history]
     port = free_port()
     process, _log = start_gunicorn(
         tmp_path, port, DATABASE_URL=database_url, IDENTITY_ADMIN_KEYS=EXAMPLE_ADMIN_KEY, WEB_CONCURRENCY=4
     )
     try:
+        importer = subprocess.Popen(
+            importing, env={**os.environ, "DATABASE_URL": database_url}, stdout=subprocess.PIPE, text=True
+        )
         with ThreadPoolExecutor(12) as pool:
-            erasing = [pool.submit(eraser, port, random.Random(seed), 25) for seed in range(3)]
+            erasing = [pool.submit(eraser, port, random.Random(seed), 40) for seed in range(4)]
             answers = list(pool.map(lambda body: post_json(port, body), bodies))
             erased = [status for future in erasing for status in future.result()]
+        imported = importer.communicate(timeout=300)[0]
     finally:
         stop(process)
+    assert importer.returncode == 0, imported
     assert {status for status, _, _ in answers} == {200}
     assert set(erased) <= {200, 404} and erased.count(200) > 50
     assert_invariants(all_contacts(conn), events(conn))
@@ -292,3 +304,15 @@ def assert_customers_are_joined_by_evidence(live, recorded):
                 parent[root(a)] = root(b)
     for primary_id, members in customers(live).items():
         assert {root(row["id"]) for row in members} == {root(primary_id)}, f"customer {primary_id} not joined"
+
+
+def test_the_evidence_check_reports_a_customer_nothing_joins():
+    rows = [
+        {"id": 1, "email": "a@x.test", "phone_number": "1", "linked_id": None},
+        {"id": 2, "email": "b@x.test", "phone_number": "2", "linked_id": 1},
+    ]
+    live = {row["id"]: row for row in rows}
+    with pytest.raises(AssertionError, match="customer 1 not joined"):
+        assert_customers_are_joined_by_evidence(live, [])
+    # A recorded request that carried a@ and 2 is the evidence that joins them.
+    assert_customers_are_joined_by_evidence(live, [("merged", 1, [1, 2], "a@x.test", "2", None)])

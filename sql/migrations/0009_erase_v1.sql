@@ -193,6 +193,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     primary_id bigint;
     live boolean;
+    still_there boolean;
     held record;
 BEGIN
     erased_ids := '{}';
@@ -209,6 +210,17 @@ BEGIN
     -- A merge that demoted the primary meanwhile makes this raise; the retry erases the customer the
     -- contact belongs to then.
     PERFORM lock_customers_v1(ARRAY[primary_id], '{}', '{}');
+    -- With the primary locked its customer is frozen; but while we waited another erasure may have
+    -- erased the contact (then this one, serially after it, erases nothing) or split it off into
+    -- another customer (then we start over, for that one).
+    SELECT coalesce(c.linked_id, c.id) = primary_id, c.deleted_at IS NULL INTO still_there, live
+    FROM contact c WHERE c.id = p_contact_id;
+    IF NOT live THEN
+        RETURN;
+    ELSIF NOT still_there THEN
+        RAISE EXCEPTION 'the contact changed customer while the erasure waited'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
     SELECT * INTO held FROM customer_values_v1(ARRAY[primary_id]);
     emails := cardinality(held.emails);
     phone_numbers := cardinality(held.phone_numbers);
