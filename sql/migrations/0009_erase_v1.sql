@@ -327,6 +327,30 @@ END
 $$;
 
 
+-- A soft-deleted primary must never hide its customer: at commit, no live row may still name a row
+-- this transaction soft-deleted. Erasure relinks such rows in the same transaction (it re-derives);
+-- an operator's UPDATE of deleted_at is refused, since re-deriving here, under the row lock it
+-- already holds, would take the identifier locks out of the contract's order.
+CREATE FUNCTION contact_deleted_hides_nothing_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM contact c WHERE c.linked_id = NEW.id AND c.deleted_at IS NULL) THEN
+        RAISE EXCEPTION 'contact % is soft-deleted but live contacts are linked to it', NEW.id
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Erase it (DELETE /contacts/{id} or ?email=, flask --app wsgi erase): erasure '
+                         're-derives the contacts it would hide.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER contact_deleted_hides_nothing
+    AFTER UPDATE OF deleted_at ON contact
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL)
+    EXECUTE FUNCTION contact_deleted_hides_nothing_v1();
+
+
 -- Links made before events were recorded (before 0006_identify_v2 was applied: the row's updated_at is
 -- older) have no evidence on record; one 'linked' event per customer keeps them as they are through
 -- any re-derivation. Dated at the start of the record.
