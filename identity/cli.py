@@ -96,7 +96,7 @@ def unlink_value(entry, added_by):
     """Once every worker refuses the blocked value, re-derive its customers as if it were no evidence."""
     time.sleep(UNLINK_WAIT_SECONDS)
     email, phone_number = (entry["value"], None) if entry["kind"] == "email" else (None, entry["value"])
-    customers = db.run(repository.unlink_value, email, phone_number, added_by)
+    customers = locking_many(repository.unlink_value, email, phone_number, added_by)
     primaries = ", ".join(str(customer["primaryContatctId"]) for customer in customers)
     click.echo(
         f"unlinked: its holders are {len(customers)} customer(s) now"
@@ -141,14 +141,25 @@ def erase_command(contact_id, email, phone):
         raise click.UsageError("give exactly one of --contact, --email and --phone")
     by = f"cli {getpass.getuser()}"
     if contact_id is not None:
-        erased = db.run(repository.erase_customer, contact_id, by)
+        erased = locking_many(repository.erase_customer, contact_id, by)
         if erased is None:
             raise click.ClickException("no contact has this id")
         click.echo(json.dumps(erasure.customer_erased(erased), indent=2))
         return
     wanted = loaded(ErasureQuery(), **({"email": email} if email is not None else {"phoneNumber": phone}))
-    erased = db.run(repository.erase_value, wanted.get("email"), wanted.get("phone_number"), by)
+    erased = locking_many(repository.erase_value, wanted.get("email"), wanted.get("phone_number"), by)
     click.echo(json.dumps(dataclasses.asdict(erased), indent=2))
+
+
+def locking_many(work, *args):
+    """db.run(work, *args), which locks every value of the customers it touches; too many is a clear error."""
+    try:
+        return db.run(work, *args)
+    except psycopg2.errors.OutOfMemory as error:
+        raise click.ClickException(
+            f"{error.diag.message_primary}: the customers hold more values than the server's lock table "
+            "fits; raise max_locks_per_transaction (README, 'Erasure and unlinking') and run it again"
+        ) from None
 
 
 @click.command("renormalise")

@@ -316,3 +316,25 @@ def test_the_evidence_check_reports_a_customer_nothing_joins():
         assert_customers_are_joined_by_evidence(live, [])
     # A recorded request that carried a@ and 2 is the evidence that joins them.
     assert_customers_are_joined_by_evidence(live, [("merged", 1, [1, 2], "a@x.test", "2", None)])
+
+
+def test_unlinking_more_values_than_the_lock_table_fits_is_a_clear_error(admin_app, conn):
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT current_setting('max_locks_per_transaction')::int"
+            " * current_setting('max_connections')::int"
+        )
+        # Well past the shared lock table, whose size also counts background processes and some slack.
+        rows = 3 * cur.fetchone()[0]
+        cur.execute(
+            "INSERT INTO contact (email, phone_number, linked_id, link_precedence)"
+            " SELECT 'j' || i || '@junk.test', '0000000', CASE WHEN i > 1 THEN 1 END,"
+            " CASE WHEN i > 1 THEN 'secondary' ELSE 'primary' END FROM generate_series(1, %s) i",
+            (rows,),
+        )
+    result = admin_app.test_cli_runner().invoke(
+        args=["blocked", "add", "0000000", "--reason", "r", "--unlink"]
+    )
+    assert result.exit_code == 1
+    assert "raise max_locks_per_transaction" in result.output
+    assert [row["linked_id"] for row in all_contacts(conn)][1:3] == [1, 1]  # nothing was re-derived
