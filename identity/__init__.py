@@ -13,6 +13,7 @@ def create_app(overrides=None):
         blocking,
         cli,
         db,
+        erasure,
         errors,
         json_body,
         logs,
@@ -46,5 +47,6 @@ def create_app(overrides=None):
     cli.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(erasure.bp)  # after views.bp, which adds the contact_id converter
     openapi.init_app(app)  # last: it documents every route registered before it
     return app

@@ -1,8 +1,8 @@
 """API keys: with IDENTITY_API_KEYS set, every route but health needs one of them (else 401).
 
-Admin routes (/admin/...) need one of IDENTITY_ADMIN_KEYS instead, always: with none set they are
-closed. The two lists are separate, so a key handed to a checkout backend cannot change what the
-service blocks.
+Admin routes (/admin/..., and the views marked admin_only, such as erasure) need one of
+IDENTITY_ADMIN_KEYS instead, always: with none set they are closed. The two lists are separate, so a
+key handed to a checkout backend cannot change what the service blocks, nor erase anything.
 """
 
 import hashlib
@@ -101,9 +101,21 @@ def key_hash():
     return g.api_key_hash
 
 
+def admin_only(view):
+    """Mark a view outside /admin/ that needs an admin key all the same (put it next to the route)."""
+    view.needs_admin_key = True
+    return view
+
+
+def needs_admin_key(path, view):
+    """Whether the route of path served by view is an admin route."""
+    return path.startswith(ADMIN_PREFIX) or getattr(view, "needs_admin_key", False)
+
+
 def demand_key():
     """Refuse a request without a valid key when keys are configured; health is open, admin needs its own."""
-    if request.path.startswith(ADMIN_PREFIX):
+    # request.endpoint is None when no route matched: the 404 or 405 then answers as before.
+    if needs_admin_key(request.path, current_app.view_functions.get(request.endpoint)):
         demand_admin_key()
     elif current_app.extensions[EXTENSION] and request.path not in OPEN_PATHS and key_hash() is None:
         raise MissingKey(www_authenticate=WWWAuthenticate("bearer"))

@@ -1,6 +1,7 @@
-"""Operator commands (flask --app wsgi): migrate, blocked, renormalise, audit, import-contacts."""
+"""Operator commands (flask --app wsgi): migrate, blocked, erase, renormalise, audit, import-contacts."""
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import sys
@@ -12,11 +13,11 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 
-from identity import blocking, db, importing, renormalise, repository
-from identity.blocking import RECOMMENDED
+from identity import blocking, db, erasure, importing, renormalise, repository
+from identity.blocking import RECOMMENDED, REFRESH_SECONDS
 from identity.import_records import UsageError, format_of, read_records, text_stream, write_rejects
 from identity.migrations import setup_database
-from identity.schemas import BlockedValueKey, BlockedValueRequest
+from identity.schemas import BlockedValueKey, BlockedValueRequest, ErasureQuery
 
 blocked = AppGroup("blocked", help="The values that never link customers (README, 'Blocked values').")
 
@@ -66,10 +67,13 @@ PATTERN = click.option("--pattern", is_flag=True, help="VALUE is a regular expre
     "--by", "added_by", default=lambda: f"cli {getpass.getuser()}", help="Who; default the OS user."
 )
 @click.option("--recommended", is_flag=True, help="Add the recommended list (README).")
-def add_command(value, kind, pattern, reason, added_by, recommended):
+@click.option("--unlink", is_flag=True, help="Then re-derive the customers VALUE joined (an exact value).")
+def add_command(value, kind, pattern, reason, added_by, recommended, unlink):
     """Block VALUE (or, with --recommended, the recommended list)."""
     if bool(value) == recommended:
         raise click.UsageError("give a VALUE or --recommended, not both")
+    if unlink and (pattern or recommended):
+        raise click.UsageError("--unlink takes one exact VALUE, not a pattern or the recommended list")
     entries = (
         [vars(entry) for entry in RECOMMENDED]
         if recommended
@@ -79,6 +83,25 @@ def add_command(value, kind, pattern, reason, added_by, recommended):
         wanted = loaded(BlockedValueRequest(), **{k: v for k, v in entry.items() if v is not None})
         added, new = db.run(repository.add_blocked_value, {**wanted, "added_by": added_by})
         click.echo(("blocked " if new else "already blocked ") + describe(added))
+    if unlink:
+        unlink_value(added, added_by)
+
+
+# Twice the interval at which workers re-read the list: a request that read it just before the block
+# has finished by then, so none links through the value again after the customers are re-derived.
+UNLINK_WAIT_SECONDS = 2 * REFRESH_SECONDS
+
+
+def unlink_value(entry, added_by):
+    """Once every worker refuses the blocked value, re-derive its customers as if it were no evidence."""
+    time.sleep(UNLINK_WAIT_SECONDS)
+    email, phone_number = (entry["value"], None) if entry["kind"] == "email" else (None, entry["value"])
+    customers = locking_many(repository.unlink_value, email, phone_number, added_by)
+    primaries = ", ".join(str(customer["primaryContatctId"]) for customer in customers)
+    click.echo(
+        f"unlinked: its holders are {len(customers)} customer(s) now"
+        + (f": {primaries}" if customers else "")
+    )
 
 
 @blocked.command("remove")
@@ -105,6 +128,38 @@ def list_command(as_json):
     for entry in entries:
         click.echo(describe(entry))
     click.echo(f"{len(entries)} blocked (version {version})")
+
+
+@click.command("erase")
+@click.option("--contact", "contact_id", type=click.IntRange(0), help="Erase this contact's customer.")
+@click.option("--email", help="Erase this email everywhere.")
+@click.option("--phone", help="Erase this phone number everywhere.")
+@with_appcontext
+def erase_command(contact_id, email, phone):
+    """Erase a customer (--contact) or a value (--email, --phone); prints what the admin API answers."""
+    if [contact_id, email, phone].count(None) != 2:
+        raise click.UsageError("give exactly one of --contact, --email and --phone")
+    by = f"cli {getpass.getuser()}"
+    if contact_id is not None:
+        erased = locking_many(repository.erase_customer, contact_id, by)
+        if erased is None:
+            raise click.ClickException("no contact has this id")
+        click.echo(json.dumps(erasure.customer_erased(erased), indent=2))
+        return
+    wanted = loaded(ErasureQuery(), **({"email": email} if email is not None else {"phoneNumber": phone}))
+    erased = locking_many(repository.erase_value, wanted.get("email"), wanted.get("phone_number"), by)
+    click.echo(json.dumps(dataclasses.asdict(erased), indent=2))
+
+
+def locking_many(work, *args):
+    """db.run(work, *args), which locks every value of the customers it touches; too many is a clear error."""
+    try:
+        return db.run(work, *args)
+    except psycopg2.errors.OutOfMemory as error:
+        raise click.ClickException(
+            f"{error.diag.message_primary}: the customers hold more values than the server's lock table "
+            "fits; raise max_locks_per_transaction (README, 'Erasure and unlinking') and run it again"
+        ) from None
 
 
 @click.command("renormalise")
@@ -221,6 +276,7 @@ def init_app(app):
     """Register the commands on the app's CLI."""
     app.cli.add_command(migrate_command)
     app.cli.add_command(blocked)
+    app.cli.add_command(erase_command)
     app.cli.add_command(renormalise_command)
     app.cli.add_command(audit_command)
     app.cli.add_command(import_contacts_command)

@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, render_template, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from identity import apidoc, schemas
-from identity.api_keys import ADMIN_PREFIX, MISSING_ADMIN_KEY, MISSING_KEY, OPEN_PATHS
+from identity.api_keys import MISSING_ADMIN_KEY, MISSING_KEY, OPEN_PATHS, needs_admin_key
 from identity.errors import METHOD_NOT_ALLOWED, ROUTE_NOT_FOUND, UNEXPECTED
 from identity.rate_limit import RATE_LIMITED, UNLIMITED_PATHS
 from identity.serving import REQUEST_LINE_TOO_LONG
@@ -41,6 +41,8 @@ SCHEMAS = (
     "PathStep",
     "Path",
     "Audit",
+    "CustomerErased",
+    "ValueErased",
 )
 HEADERS = {
     "Retry-After": ("Seconds to wait before trying again.", {"type": "integer", "minimum": 0}),
@@ -54,7 +56,10 @@ TAGS = [
         "description": "Health, readiness and metrics, for load balancers and monitoring.",
     },
     {"name": "documentation", "description": "This document and its Swagger UI page."},
-    {"name": "admin", "description": "What operators decide: the values that never link customers."},
+    {
+        "name": "admin",
+        "description": "What operators decide: the values that never link customers, and erasure.",
+    },
 ]
 # A key, or none when IDENTITY_API_KEYS is unset.
 KEY_WHEN_SET = [{"apiKey": []}, {}]
@@ -136,7 +141,8 @@ def operation(app, rule, described):
     if described.get("description"):
         result["description"] = described["description"]
     parameters = path_parameters(app, rule, described["parameters"])
-    errors = [*described["errors"], METHOD_NOT_ALLOWED, UNEXPECTED, *guard(rule.rule, result)]
+    view = app.view_functions[rule.endpoint]
+    errors = [*described["errors"], METHOD_NOT_ALLOWED, UNEXPECTED, *guard(rule.rule, view, result)]
     if "query" in described:
         parameters.append({"in": "query", "schema": described["query"]})
         errors.append(REQUEST_LINE_TOO_LONG)  # gunicorn's refusal, not the app's
@@ -159,9 +165,9 @@ def path_parameters(app, rule, overrides):
     return parameters
 
 
-def guard(path, result):
-    """The key (api_keys) and rate-limit (rate_limit) errors that path may give; set its security."""
-    is_open, is_admin = path in OPEN_PATHS, path.startswith(ADMIN_PREFIX)
+def guard(path, view, result):
+    """The key (api_keys) and rate-limit (rate_limit) errors view's path may give; set its security."""
+    is_open, is_admin = path in OPEN_PATHS, needs_admin_key(path, view)
     result["security"] = [] if is_open else [{"adminKey": []}] if is_admin else KEY_WHEN_SET
     errors = [] if is_open else [MISSING_ADMIN_KEY] if is_admin else [MISSING_KEY]
     return errors if path in UNLIMITED_PATHS else [*errors, RATE_LIMITED]

@@ -133,6 +133,44 @@ def audit(conn, limit):
     }
 
 
+@dataclass(frozen=True)
+class CustomerErased:
+    """What erasing a customer blanked: its live contacts (primary first) and the values and events."""
+
+    contact_ids: list
+    emails: int
+    phone_numbers: int
+    events: int
+
+
+@dataclass(frozen=True)
+class ValueErased:
+    """What erasing a value blanked, and the customers that its holders form now."""
+
+    contacts: int
+    deleted: int
+    events: int
+    customers: list
+
+
+def erase_customer(conn, contact_id, request_id=None):
+    """Erase the customer the contact belongs to; None when no contact has the id (0009_erase_v1.sql)."""
+    known, *erased = first_row(conn, "erase_customer", {"contact_id": contact_id, "request_id": request_id})
+    return CustomerErased(*erased) if known else None
+
+
+def erase_value(conn, email, phone_number, request_id=None):
+    """Erase the email or the phone number (give one) everywhere and re-derive the customers that held it."""
+    params = {"email": email, "phone_number": phone_number, "request_id": request_id}
+    return ValueErased(*first_row(conn, "erase_value", params))
+
+
+def unlink_value(conn, email, phone_number, request_id=None):
+    """[customer] its holders form once the email or the phone number (give one) is no evidence."""
+    params = {"email": email, "phone_number": phone_number, "request_id": request_id}
+    return first_value(conn, "unlink_value", params)
+
+
 def first_row(conn, name, params):
     """The first row the named statement returns, or None."""
     with conn.cursor() as cur:

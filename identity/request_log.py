@@ -40,15 +40,18 @@ def finish_request(response):
     return response
 
 
-def record_outcome(outcome, wanted):
-    """Count the contact identify created and the customers it merged; log each merge."""
+def record_outcome(outcome):
+    """Count the contact identify created and the customers it merged; log each merge.
+
+    The merge line names contacts, never values: a value may be erased later, and lines already
+    shipped to a log store cannot be (the event table holds the values, and erasure blanks them there).
+    """
     if outcome.created:
         metrics.CREATED[outcome.created].inc()
     if outcome.merged:
         metrics.MERGES.inc(len(outcome.merged))
         survivor = outcome.contact["primaryContatctId"]
-        joined_by = {"email": wanted["email"], "phoneNumber": wanted["phone_number"]}
-        log_info(merge_log, "customers merged", {"survivor": survivor, "merged": outcome.merged, **joined_by})
+        log_info(merge_log, "customers merged", {"survivor": survivor, "merged": outcome.merged})
     if outcome.refused:
         metrics.REFUSED_LINKS.inc()
         answered = outcome.contact["primaryContatctId"]

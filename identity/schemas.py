@@ -219,6 +219,10 @@ class CustomerQuery(Schema):
             raise ValidationError(NOT_EXACTLY_ONE)
 
 
+class ErasureQuery(CustomerQuery):
+    """The query string of DELETE /contacts: the email or the phoneNumber to erase; blocked ones too."""
+
+
 BLOCKED_KINDS = ("email", "phone")
 # As long as the longest email: a DELETE's query string then fits gunicorn's request line, even with
 # every character percent-encoded from four bytes of UTF-8.
@@ -359,26 +363,40 @@ class Customers(Schema):
     contacts = fields.List(fields.Nested(Contact), required=True)
 
 
+EVENT_KINDS = ("created", "merged", "refused", "linked", "erased", "unlinked", "rederived")
+
+
 class Event(Schema):
-    """A recorded change: a new contact, a merge, or a link refused by a limit."""
+    """A recorded change: a new contact, a merge, a link refused by a limit, an erasure or a re-derivation."""
 
     at = fields.DateTime(required=True)
     request_id = fields.String(data_key="requestId", metadata={"description": "X-Request-ID of the request."})
-    kind = fields.String(required=True, validate=OneOf(("created", "merged", "refused")))
+    kind = fields.String(required=True, validate=OneOf(EVENT_KINDS))
     survivor_id = fields.Integer(
-        data_key="survivorId", required=True, metadata={"description": "The customer's primary after it."}
+        data_key="survivorId",
+        required=True,
+        metadata={
+            "description": "The customer's primary after it; for erased, unlinked, rederived and linked, "
+            "the primary it had before."
+        },
     )
     contact_ids = fields.List(
         fields.Integer(),
         data_key="contactIds",
         required=True,
-        metadata={"description": "The contacts involved: a new contact, the survivor, the primaries merged."},
+        metadata={
+            "description": "The contacts involved: a new contact, the survivor, the primaries merged; for "
+            "a customer erased its contacts; for a re-derivation the old primary, then the others its "
+            "contacts now have; for linked the primary and the secondaries linked before events."
+        },
     )
     email = fields.String(metadata={"description": "The request's email."})
     phone_number = fields.String(
         data_key="phoneNumber", metadata={"description": "The request's phone number."}
     )
-    reason = fields.String(metadata={"description": "Refused links only: the limit."})
+    reason = fields.String(
+        metadata={"description": "For a refused link the limit; for the kinds of issue 13 what happened."}
+    )
 
 
 class History(Schema):
@@ -413,6 +431,34 @@ class Path(Schema):
 
     primary_contact_id = fields.Integer(data_key="primaryContactId", required=True)
     path = fields.List(fields.Nested(PathStep), required=True)
+
+
+class CustomerErased(Schema):
+    """What erasing a customer blanked; zero counts when it was erased already."""
+
+    contact_ids = fields.List(
+        fields.Integer(), data_key="contactIds", required=True, metadata={"description": "Primary first."}
+    )
+    emails = fields.Integer(required=True, metadata={"description": "Distinct emails blanked."})
+    phone_numbers = fields.Integer(
+        data_key="phoneNumbers", required=True, metadata={"description": "Distinct phone numbers blanked."}
+    )
+    events = fields.Integer(required=True, metadata={"description": "Recorded events left with no value."})
+
+
+class ValueErased(Schema):
+    """What erasing a value blanked, and the customers its holders form now."""
+
+    contacts = fields.Integer(required=True, metadata={"description": "Contacts that held the value."})
+    deleted = fields.Integer(
+        required=True, metadata={"description": "Of those, left with no value: deleted."}
+    )
+    events = fields.Integer(required=True, metadata={"description": "Recorded events that carried it."})
+    customers = fields.List(
+        fields.Nested(Contact),
+        required=True,
+        metadata={"description": "Re-derived from what remains, by primary id; empty when none held it."},
+    )
 
 
 class Audit(Schema):

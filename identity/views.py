@@ -113,7 +113,7 @@ def identify(wanted):
     wanted = blocking.usable(wanted)
     limits = current_app.extensions["identity_limits"]
     outcome = db.run(repository.identify, wanted["email"], wanted["phone_number"], g.request_id, limits)
-    request_log.record_outcome(outcome, wanted)
+    request_log.record_outcome(outcome)
     return {"contact": outcome.contact}
 
 
@@ -177,8 +177,8 @@ def identify_batch(wanted):
     rate_limit.charge(len(items) - 1)
     limits = current_app.extensions["identity_limits"]
     outcomes = db.run(repository.identify_batch, items, g.request_id, limits)
-    for outcome, item in zip(outcomes, items, strict=True):
-        request_log.record_outcome(outcome, item)
+    for outcome in outcomes:
+        request_log.record_outcome(outcome)
     return {"contacts": [outcome.contact for outcome in outcomes]}
 
 

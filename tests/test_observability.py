@@ -70,7 +70,9 @@ def test_every_line_of_a_request_is_json_with_its_request_id(client, capsys):
         "customers merged",
     )
     assert (merge["survivor"], merge["merged"]) == (1, [2])
-    assert (merge["email"], merge["phoneNumber"]) == ("george@x.io", "717171")
+    # No value: one may be erased later, and a shipped log line cannot be (issue 13).
+    assert not {"email", "phoneNumber"} & set(merge)
+    assert "george@x.io" not in json.dumps(merge) and "717171" not in json.dumps(merge)
     assert set(access) == ACCESS_FIELDS
     assert (access["method"], access["path"], access["status"]) == ("POST", "/identify", 200)
     assert access["client"] == "127.0.0.1" and access["pid"] == os.getpid()
