@@ -1,9 +1,10 @@
 """Contacts in PostgreSQL: every function takes a connection first and never commits.
 
-Reconciliation runs as one statement, the versioned `identify_v2` function, so a request costs one
+Reconciliation runs as one statement, the versioned `identify_v3` function, so a request costs one
 round trip and one short transaction. How it stays correct under races (advisory locks on the
 identifiers, then the primaries' row locks in id order, serialization_failure to retry) is explained
-in full in sql/migrations/0002_identify_v1.sql; what v2 adds (events, limits) in 0006_identify_v2.sql.
+in full in sql/migrations/0002_identify_v1.sql; what v2 adds (events, limits) in 0006_identify_v2.sql;
+v3 (0010_identify_v3.sql) checks the limits with a kept plan.
 """
 
 from dataclasses import dataclass
