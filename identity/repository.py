@@ -4,7 +4,7 @@ Reconciliation runs as one statement, the versioned `identify_v3` function, so a
 round trip and one short transaction. How it stays correct under races (advisory locks on the
 identifiers, then the primaries' row locks in id order, serialization_failure to retry) is explained
 in full in sql/migrations/0002_identify_v1.sql; what v2 adds (events, limits) in 0006_identify_v2.sql;
-v3 (0010_identify_v3.sql) checks the limits with a kept plan.
+v3 (0010_identify_v3.sql) checks the limits with a kept plan and answers with one json value.
 """
 
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ def identify(conn, email, phone_number, request_id=None, limits=NO_LIMITS):
     params = {"email": email, "phone_number": phone_number, "request_id": request_id, **vars(limits)}
     with conn.cursor() as cur:
         cur.execute(QUERIES["identify"], params)
-        return Outcome(*cur.fetchone())
+        return Outcome(**cur.fetchone()[0])
 
 
 def identify_batch(conn, items, request_id=None, limits=NO_LIMITS):
@@ -52,7 +52,7 @@ def identify_batch(conn, items, request_id=None, limits=NO_LIMITS):
     }
     with conn.cursor() as cur:
         cur.execute(QUERIES["identify_batch"], params)
-        return [Outcome(*row[1:]) for row in cur.fetchall()]
+        return [Outcome(**outcome) for _, outcome in cur.fetchall()]
 
 
 def ping(conn):

@@ -2,8 +2,8 @@
 -- Reconcile one checkout's contact details; see sql/migrations/0010_identify_v3.sql. A plain
 -- statement, not a PREPAREd one: a prepared statement lives on one server connection, and behind
 -- PgBouncer in transaction pooling the next transaction may be lent another (README, "PgBouncer").
-SELECT contact, created, merged, refused
-FROM identify_v3(
+-- The call is in the select list, not in FROM: so it is planned without a function scan.
+SELECT identify_v3(
     %(email)s, %(phone_number)s, %(request_id)s, %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s);
 
 -- ping --
@@ -29,7 +29,7 @@ FROM matching_customers_v1(%(email)s, %(phone_number)s) m;
 
 -- identify_batch --
 -- Reconcile many checkouts in order, in one transaction; see sql/migrations/0010_identify_v3.sql.
-SELECT item, contact, created, merged, refused
+SELECT item, outcome
 FROM identify_batch_v2(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s,
                        %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s)
 ORDER BY item;
