@@ -219,29 +219,30 @@ class CountedServer:
 
     def start(self):
         """initdb, then the postmaster under callgrind, which follows the processes it forks."""
-        bindir = Path(
-            subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
-        )
+        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        data = self.scratch / "data"
         self.out.mkdir()
-        if os.geteuid() == 0:
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.scratch, "postgres")
             shutil.chown(self.out, "postgres")
-        data = self.scratch / "data"
-        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+        initdb = [f"{bindir}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust"]
         subprocess.run([*self.as_postgres(), *initdb], check=True, stdout=subprocess.DEVNULL)
-        postgres = [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.scratch)]
+        postgres = [f"{bindir}/postgres", "-D", str(data), "-p", str(self.port), "-k", str(self.scratch)]
         postgres += ["-c", "listen_addresses=127.0.0.1", "-c", "autovacuum=off"]
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}/%p"]
-        self.process = subprocess.Popen(
-            [*self.as_postgres(), *valgrind, *postgres], stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 120
+        command = [*self.as_postgres(), *valgrind, *postgres]
+        self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        self.monitor = self.connected()
+
+    def connected(self, seconds=120):
+        """A connection to the server once it accepts one, kept open so that its process never ends
+        during a run and is never counted as one of the run's."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             with contextlib.suppress(psycopg2.OperationalError):
-                # Open until the server stops, so its own process is never one of a run's.
-                self.monitor = psycopg2.connect(self.url)
-                self.monitor.autocommit = True
-                return
+                conn = psycopg2.connect(self.url)
+                conn.autocommit = True
+                return conn
             time.sleep(0.5)
         raise RuntimeError("the counted PostgreSQL did not start")
 
@@ -291,7 +292,7 @@ def measure(args, server):
     """(app, database) instructions per request, the database's None without a server."""
     name, url = prepared_database(args, server.url if server else SERVER_URL)
     try:
-        # A plain run first creates the customer, so every counted request finds a returning one.
+        # A plain run first: it creates the returning workload's customer, so no counted run does.
         run_child(args, url, 0, 0)
         base = counted_run(args, url, server, 1, 0)
         total = counted_run(args, url, server, 2, args.requests)
