@@ -4,15 +4,16 @@
 -- passed_limit_v1 read the customers' totals through customers_totals_v1: a SQL function returning
 -- one row, which PostgreSQL does not inline and so plans on every call, over customer_contacts_v1's
 -- recursive walk. Measured by callgrind, that cost about a million server instructions for each
--- request that adds a value or merges (README, "With blocked values and limits on"). passed_limit_v2
--- counts the same rows with one plain query, whose plan plpgsql keeps for the session.
+-- request that adds a value or merges, 90k per request of the checkout mix (README, "With blocked
+-- values and limits on"). passed_limit_v2 counts the same rows with one plain query, whose plan
+-- plpgsql keeps for the session: 26k per request of the mix.
 --
 -- identify_v3 answers with one json value rather than four OUT columns, so the statement a request
 -- sends is `SELECT identify_v3(...)`: a call in the select list, which PostgreSQL plans and runs
 -- without the function scan (and the tuplestore it fills) that `SELECT ... FROM identify_v2(...)`
 -- needs. A statement is planned anew on every request since it is no longer prepared (README,
--- "PgBouncer"); by callgrind this form costs the server about 57k instructions less per request,
--- more than preparing the old form saved.
+-- "PgBouncer"); by callgrind a returning customer's call costs the server 524k instructions in this
+-- form against 569k in the old one, and 536k in the old one prepared.
 --
 -- identify_v3 takes the same locks as identify_v1 and identify_v2, in the same order (the contract
 -- at the top of 0002_identify_v1.sql), so hosts of the release before, calling identify_v2 during a
