@@ -3,8 +3,9 @@
 -- statement, not a PREPAREd one: a prepared statement lives on one server connection, and behind
 -- PgBouncer in transaction pooling the next transaction may be lent another (README, "PgBouncer").
 -- The call is in the select list, not in FROM: so it is planned without a function scan.
-SELECT identify_v3(
-    %(email)s, %(phone_number)s, %(request_id)s, %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s);
+-- %(limits)s is the last three arguments, max_emails, max_phone_numbers and max_contacts (NULL: no
+-- limit), rendered once for each setting of them (identity/repository.py's LimitsArgument).
+SELECT identify_v3(%(email)s, %(phone_number)s, %(request_id)s, %(limits)s);
 
 -- ping --
 -- The cheapest statement that proves the database answers.
@@ -30,6 +31,5 @@ FROM matching_customers_v1(%(email)s, %(phone_number)s) m;
 -- identify_batch --
 -- Reconcile many checkouts in order, in one transaction; see sql/migrations/0010_identify_v3.sql.
 SELECT item, outcome
-FROM identify_batch_v2(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s,
-                       %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s)
+FROM identify_batch_v2(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s, %(limits)s)
 ORDER BY item;
