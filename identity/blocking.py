@@ -65,7 +65,7 @@ BLOCKED = ErrorExample(
 
 @dataclass(frozen=True)
 class Blocklist:
-    """A compiled copy of the list at one version."""
+    """A compiled copy of the list at one version: per kind, its exact values and its patterns."""
 
     version: int
     exact: dict = field(default_factory=lambda: {kind: frozenset() for kind in KINDS.values()})
@@ -76,19 +76,53 @@ class Blocklist:
         return value in self.exact[kind] or any(p.fullmatch(value) for p in self.patterns[kind])
 
 
+# What re.compile gives a pattern without inline flags: one with them cannot join an alternation.
+PLAIN_FLAGS = re.compile("").flags
+
+
+def joinable(pattern):
+    """Whether pattern fullmatches alone exactly what it fullmatches as a branch of an alternation.
+
+    A pattern with groups is not: joined, its groups would be renumbered, and a backreference such
+    as the recommended `([0-9])\\1{6,}` would name another. Nor is one with inline flags, which
+    would then hold for every branch, or not compile inside a group at all.
+    """
+    compiled = re.compile(pattern)
+    if compiled.groups or compiled.flags != PLAIN_FLAGS:
+        return False
+    try:
+        re.compile(f"(?:{pattern})")
+    except re.error:  # global flags that change nothing, such as (?u), are refused inside a group
+        return False
+    return True
+
+
+def joined(patterns):
+    """Compiled expressions that together fullmatch what the patterns do, with one call for most.
+
+    fullmatch of `(?:a)|(?:b)` holds exactly when a or b fullmatches (the engine backtracks into the
+    next branch), so each request pays one match for all the joinable patterns, not one per pattern.
+    """
+    plain = [pattern for pattern in patterns if joinable(pattern)]
+    alone = [re.compile(pattern) for pattern in patterns if not joinable(pattern)]
+    if len(plain) < 2:
+        return tuple(re.compile(pattern) for pattern in patterns)
+    return (re.compile("|".join(f"(?:{pattern})" for pattern in plain)), *alone)
+
+
 def compiled(version, entries):
     """The Blocklist of the table's entries at version."""
     exact = {kind: set() for kind in KINDS.values()}
     patterns = {kind: [] for kind in KINDS.values()}
     for entry in entries:
         if entry["pattern"]:
-            patterns[entry["kind"]].append(re.compile(entry["value"]))
+            patterns[entry["kind"]].append(entry["value"])
         else:
             exact[entry["kind"]].add(entry["value"])
     return Blocklist(
         version,
         {kind: frozenset(values) for kind, values in exact.items()},
-        {kind: tuple(found) for kind, found in patterns.items()},
+        {kind: joined(found) for kind, found in patterns.items()},
     )
 
 
@@ -125,15 +159,19 @@ def changed():
 
 
 def usable(wanted):
-    """wanted with its blocked values made absent; 422 blocked_value when it carried only those."""
+    """wanted with its blocked values made absent; 422 blocked_value when it carried only those.
+
+    Written out for its two keys, without loops or generators: it runs on every request.
+    """
     blocklist = current_app.extensions[EXTENSION].current()
-    kept = dict(wanted)
-    for key, kind in KINDS.items():
-        if kept.get(key) is not None and blocklist.blocks(kind, kept[key]):
-            kept[key] = None
-    if all(kept.get(key) is None for key in KINDS):
+    email, phone_number = wanted.get("email"), wanted.get("phone_number")
+    if email is not None and blocklist.blocks("email", email):
+        email = None
+    if phone_number is not None and blocklist.blocks("phone", phone_number):
+        phone_number = None
+    if email is None and phone_number is None:
         raise BlockedValue()
-    return kept
+    return {**wanted, "email": email, "phone_number": phone_number}
 
 
 def init_app(app):

@@ -19,7 +19,9 @@ class TimedCursor(extensions.cursor):
 
     def execute(self, query, vars=None):
         """Run query under the timeouts, in one query string: one round trip, one transaction."""
-        return super().execute(self.connection.local_timeouts + self.mogrify(query, vars))
+        connection = self.connection
+        timeouts = connection.autocommit_timeouts if connection.autocommit else connection.local_timeouts
+        return super().execute(timeouts + self.mogrify(query, vars))
 
 
 def timed_connection(statement_timeout_ms):
@@ -34,11 +36,13 @@ def timed_connection(statement_timeout_ms):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            params = {"statement_timeout_ms": statement_timeout_ms}
             with self.cursor() as cur:
-                timeouts = cur.mogrify(
-                    QUERIES["local_timeouts"], {"statement_timeout_ms": statement_timeout_ms}
-                )
-            self.local_timeouts = timeouts + b"\n"
+                statement = cur.mogrify(QUERIES["local_statement_timeout"], params) + b"\n"
+                idle = cur.mogrify(QUERIES["local_idle_timeout"], params) + b"\n"
+            # Without autocommit a transaction may be idle between statements; with it, never.
+            self.autocommit_timeouts = statement
+            self.local_timeouts = statement + idle
             self.cursor_factory = TimedCursor
 
     return TimedConnection
@@ -75,12 +79,13 @@ def init_app(app):
     app.extensions["identity_pool"] = ConnectionPool(
         config["DATABASE_URL"], config["DB_POOL_SIZE"], **connect_kwargs(config)
     )
+    app.teardown_appcontext(release_connection)
     if config["DATABASE_READ_URL"]:
         app.extensions[READ_POOL] = ConnectionPool(
             config["DATABASE_READ_URL"], config["DB_POOL_SIZE"], **connect_kwargs(config)
         )
-    app.teardown_appcontext(release_connection)
-    app.teardown_appcontext(release_read_connection)
+        # Only then can a request hold a read connection: no hook to run on every request otherwise.
+        app.teardown_appcontext(release_read_connection)
 
 
 def pool():

@@ -1,10 +1,11 @@
 -- identify --
--- Reconcile one checkout's contact details; see sql/migrations/0006_identify_v2.sql. A plain
+-- Reconcile one checkout's contact details; see sql/migrations/0010_identify_v3.sql. A plain
 -- statement, not a PREPAREd one: a prepared statement lives on one server connection, and behind
 -- PgBouncer in transaction pooling the next transaction may be lent another (README, "PgBouncer").
-SELECT contact, created, merged, refused
-FROM identify_v2(
-    %(email)s, %(phone_number)s, %(request_id)s, %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s);
+-- The call is in the select list, not in FROM: so it is planned without a function scan.
+-- %(limits)s is the last three arguments, max_emails, max_phone_numbers and max_contacts (NULL: no
+-- limit), rendered once for each setting of them (identity/repository.py's LimitsArgument).
+SELECT identify_v3(%(email)s, %(phone_number)s, %(request_id)s, %(limits)s);
 
 -- ping --
 -- The cheapest statement that proves the database answers.
@@ -28,8 +29,7 @@ SELECT customer_json_v1(m.primary_id)
 FROM matching_customers_v1(%(email)s, %(phone_number)s) m;
 
 -- identify_batch --
--- Reconcile many checkouts in order, in one transaction; see sql/migrations/0008_identify_batch_v1.sql.
-SELECT item, contact, created, merged, refused
-FROM identify_batch_v1(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s,
-                       %(max_emails)s, %(max_phone_numbers)s, %(max_contacts)s)
+-- Reconcile many checkouts in order, in one transaction; see sql/migrations/0010_identify_v3.sql.
+SELECT item, outcome
+FROM identify_batch_v2(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s, %(limits)s)
 ORDER BY item;

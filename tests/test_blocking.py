@@ -1,6 +1,7 @@
 """Blocked values: never matched, stored or counted as new; set by admins; on every worker within a second."""
 
 import json
+import re
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,54 @@ def test_every_recommended_entry_blocks_at_least_one_listed_value():
     for entry in blocking.RECOMMENDED:
         alone = blocking.compiled(0, [vars(entry)])
         assert any(alone.blocks(kind, value) for kind, value in BLOCKED_BY_RECOMMENDED), entry
+
+
+KINDS = ("email", "phone")
+# Patterns an operator might add beside the recommended ones, joinable or not, and values to try them on.
+MORE_PATTERNS = [
+    r".+@junk2\.test",
+    r"a|ab",  # the first branch matches a prefix of "ab": the joined expression must go on to the next
+    r"\+?9991[0-9]*",
+    r"(?i)shop@.+",  # inline flags: checked alone
+    r"(?u)12",  # a global flag that changes nothing, refused inside a group
+    r"(?P<d>[0-9])(?P=d)",  # a named group and its backreference
+    r"x(?:y|z)+",
+]
+TRIED_VALUES = [value for _, value in BLOCKED_BY_RECOMMENDED + NOT_BLOCKED_BY_RECOMMENDED] + [
+    "a",
+    "ab",
+    "abc",
+    "q@junk2.test",
+    "q@junk2xtest",
+    "+99912",
+    "9991",
+    "SHOP@x.in",
+    "12",
+    "77",
+    "78",
+    "xyzzy",
+    "xzy",
+]
+
+
+def test_patterns_joined_into_one_expression_block_exactly_what_each_alone_blocks():
+    recommended = [vars(entry) for entry in blocking.RECOMMENDED if entry.pattern]
+    more = [{"kind": kind, "value": pattern, "pattern": True} for kind in KINDS for pattern in MORE_PATTERNS]
+    joined = blocking.compiled(0, recommended + more)
+    for kind in KINDS:
+        alone = [re.compile(e["value"]) for e in recommended + more if e["kind"] == kind]
+        assert len(joined.patterns[kind]) < len(alone)
+        for value in TRIED_VALUES:
+            expected = any(pattern.fullmatch(value) for pattern in alone)
+            assert joined.blocks(kind, value) == expected, (kind, value)
+
+
+def test_a_backreference_keeps_its_group_when_other_patterns_are_joined():
+    blocklist = blocking.compiled(
+        0, [{"kind": "phone", "value": v, "pattern": True} for v in (r"5[0-9]*", r"\+?([0-9])\1{6,}", "6+")]
+    )
+    assert blocklist.blocks("phone", "3333333")
+    assert not blocklist.blocks("phone", "3333334")
 
 
 def test_a_fresh_install_blocks_nothing(client, conn):

@@ -174,6 +174,33 @@ def test_a_merge_past_a_limit_answers_the_emails_customer_and_writes_no_row(
     assert all_contacts(conn) == before
 
 
+def test_the_limits_query_of_identify_v3_answers_as_identify_v2s(client, conn):
+    """passed_limit_v2 counts with one plain query what passed_limit_v1 counted through a walk."""
+    for email, phone_number in [("a@shop.in", "1"), ("b@shop.in", "1"), ("c@shop.in", "2"), (None, "3")]:
+        identify(client, email, phone_number)
+    identify(client, "d@shop.in", "3")
+    identify(client, "c@shop.in", "3")  # merges customer 3 (c, 2) and customer 4 (3, d)
+    primaries = [[1], [3], [1, 3]]
+    values = [("a@shop.in", "1"), ("z@shop.in", None), (None, "9"), ("c@shop.in", "8"), ("y@shop.in", "3")]
+    limits = [(None, None, None), (2, None, None), (3, 2, None), (None, None, 4), (1, 1, 1), (9, 9, 9)]
+    answers = set()
+    with conn.cursor() as cur:
+        for ids in primaries:
+            for email, phone_number in values:
+                for knows_all in (True, False):
+                    for limit in limits:
+                        args = (ids, email, phone_number, knows_all, *limit)
+                        cur.execute("SELECT passed_limit_v1(%s, %s, %s, %s, %s, %s, %s)", args)
+                        before = cur.fetchone()
+                        cur.execute("SELECT passed_limit_v2(%s, %s, %s, %s, %s, %s, %s)", args)
+                        assert cur.fetchone() == before, args
+                        answers.add(before[0])
+    # Every check was met and passed: no limit, and each of the three limits.
+    kinds = {None if answer is None else answer.split(" ", 3)[3] for answer in answers}
+    assert kinds == {None, "emails per customer", "phone numbers per customer", "contacts per customer"}
+    assert any(row["linked_id"] == 3 for row in all_contacts(conn))
+
+
 def test_phone_numbers_have_their_limit_too(database_url):
     app = limited(database_url, phone_numbers=1)
     client = app.test_client()

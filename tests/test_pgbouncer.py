@@ -41,6 +41,30 @@ def test_the_timeouts_hold_for_the_statement_and_leave_the_session_as_it_was(dat
         conn.close()
 
 
+def test_a_transaction_the_client_ends_also_gets_the_idle_timeout(database_url):
+    conn = psycopg2.connect(database_url, **connect_kwargs({**DEFAULTS, "DB_STATEMENT_TIMEOUT_MS": 1234}))
+    try:
+        before = session_state(conn)
+        conn.commit()
+        timeouts = (
+            "SELECT current_setting('statement_timeout'),"
+            " current_setting('idle_in_transaction_session_timeout')"
+        )
+        with conn.cursor() as cur:
+            cur.execute(timeouts)
+            assert cur.fetchone() == ("1234ms", "1234ms")
+        conn.commit()
+        # In autocommit the string's transaction ends before the server waits on the client again,
+        # so it can never be idle in a transaction: only the statement timeout is sent.
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(timeouts)
+            assert cur.fetchone() == ("1234ms", before[1])
+        assert session_state(conn) == before
+    finally:
+        conn.close()
+
+
 def test_migrations_run_through_pgbouncer(empty_database_url, pgbouncer):
     host, port = pgbouncer
     assert setup_database(make_dsn(empty_database_url, host=host, port=port))

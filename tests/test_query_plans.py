@@ -56,7 +56,7 @@ INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}
 
 # The statements of identify_v1(), each known by a fragment of its text.
 STATEMENTS = {
-    "identify": "FROM identify_v2(",
+    "identify": "SELECT identify_v3(",
     "fast path": "HAVING count(*) = 1",
     "advisory locks": "pg_advisory_xact_lock(",
     "match again": "array_agg(m.primary_id",

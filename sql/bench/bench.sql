@@ -69,3 +69,7 @@ COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, u
 -- backend_pids --
 -- The server processes serving this database's other connections: the service's, during a run.
 SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid();
+
+-- client_backends --
+-- tests/bench/instructions.py --server: the client connections open, its own among them.
+SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend';
