@@ -222,14 +222,12 @@ def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run):
     records, rejects = read_input(path, kind)
     write_rejects(rejects, rejects_path or default_rejects_path(path))
     summary = importing.Summary(read=len(records) + len(rejects), rejected=len(rejects))
-    # Two connections, taking turns a chunk ahead of each other (importing.reconcile).
-    conns = [psycopg2.connect(current_app.config["DATABASE_URL"]) for _ in range(2)]
+    conn = psycopg2.connect(current_app.config["DATABASE_URL"])
     try:
         with progress_reporter(len(records)) as progress:
-            summary.counts = importing.reconcile(conns, records, dry_run, progress)
+            summary.counts = importing.reconcile(conn, records, dry_run, progress)
     finally:
-        for conn in conns:
-            conn.close()
+        conn.close()
     summary.seconds = time.monotonic() - started
     click.echo(("dry run, nothing written: " if dry_run else "") + summary.line())
     sys.exit(1 if rejects and not allow_rejects else 0)

@@ -4,14 +4,14 @@ Design (README, "Importing"): the file is read and normalised in Python (identit
 sorted into the order the records apply, then reconciled a chunk at a time, each chunk one
 transaction: its identifiers' advisory locks in ascending key order and its customers' primaries
 FOR UPDATE in id order (the lock contract of 0002_identify_v1.sql, so live /identify stays correct
-beside it) with their rows read, all in one call (0012_import_customers_v1.sql; a customer merged
-meanwhile makes that call start over); then the records replayed in memory with identify's rules
-(identity.import_replay), and the rows and their events written with COPY. Records already known
-write nothing, so a second import, or one re-run after a kill, completes without doubling anything.
+beside it) with their rows read, all in one call (0012_import_customers_v1.sql); then the records
+replayed in memory with identify's rules (identity.import_replay), and the rows and their events
+written with COPY. A chunk that finds a customer merged under it is retried whole. Records already
+known write nothing, so a second import, or one re-run after a kill, completes without doubling
+anything.
 """
 
 import io
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,31 +46,18 @@ class Summary:
         )
 
 
-def reconcile(conns, records, dry_run=False, progress=lambda done: None):
-    """Apply the records in order, CHUNK_SIZE per transaction; the counts of what they did.
-
-    Two connections take turns, one chunk ahead: while a chunk is replayed and written on one, the
-    next chunk's identifiers and customers are locked and read on the other, so the database's
-    lookups, Python's replay and the database's writes overlap. The order stays the records' order:
-    the next chunk asks for its locks only once this chunk holds all of its own, so where the two
-    share a value or a customer the next waits for this one's commit and then reads what it wrote,
-    exactly as a request would (sql/migrations/0002_identify_v1.sql). New ids come from the sequence
-    in chunk order, as the writes are made in turn.
-    """
+def reconcile(conn, records, dry_run=False, progress=lambda done: None):
+    """Apply the records in order, CHUNK_SIZE per transaction; the counts of what they did."""
     started_at = datetime.now(UTC)
     totals = {"primaries": 0, "secondaries": 0, "merged": 0}
-    statistics = PlannerStatistics()
-    chunks = [records[start : start + CHUNK_SIZE] for start in range(0, len(records), CHUNK_SIZE)]
-    with ThreadPoolExecutor(max_workers=1) as lookahead:
-        pending = lookahead.submit(locked_customers, conns[0], chunks[0]) if chunks else None
-        for n, chunk in enumerate(chunks):
-            conn, stored = conns[n % 2], pending.result()
-            if n + 1 < len(chunks):
-                pending = lookahead.submit(locked_customers, conns[(n + 1) % 2], chunks[n + 1])
-            counts = import_chunk(conn, chunk, stored, started_at, dry_run)
-            totals = {name: totals[name] + counts[name] for name in totals}
-            statistics.written(conn, 0 if dry_run else counts["primaries"] + counts["secondaries"])
-            progress(n * CHUNK_SIZE + len(chunk))
+    statistics = PlannerStatistics(conn)
+    for start in range(0, len(records), CHUNK_SIZE):
+        chunk = records[start : start + CHUNK_SIZE]
+        counts = retrying(conn, import_chunk, chunk, started_at, dry_run)
+        totals = {name: totals[name] + counts[name] for name in totals}
+        if not dry_run:
+            statistics.written(counts["primaries"] + counts["secondaries"])
+        progress(start + len(chunk))
     return totals
 
 
@@ -84,48 +71,37 @@ class PlannerStatistics:
     few (about a dozen for a million rows).
     """
 
+    conn: object
     rows: int = 0
     next_analyze: int = ANALYZE_AFTER_ROWS
 
-    def written(self, conn, rows):
-        """Note rows written; ANALYZE on conn, which has just committed, when the total passes the mark."""
+    def written(self, rows):
+        """Note rows written; ANALYZE when the total passes the next mark."""
         self.rows += rows
         if self.rows >= self.next_analyze:
-            with conn.cursor() as cur:
+            with self.conn.cursor() as cur:
                 cur.execute(QUERIES["import_analyze"])
-            conn.commit()
+            self.conn.commit()
             self.next_analyze = 2 * self.rows
 
 
-def locked_customers(conn, chunk):
-    """In a new transaction on conn, left open: the chunk's values and customers locked; their rows."""
+def import_chunk(conn, chunk, started_at, dry_run):
+    """One chunk in the caller's transaction: lock and read its customers, replay, write; its counts."""
     emails = sorted({r.email for r in chunk if r.email is not None})
     phone_numbers = sorted({r.phone_number for r in chunk if r.phone_number is not None})
-    return retrying(conn, customer_rows, emails, phone_numbers, commit=False)
-
-
-def customer_rows(conn, emails, phone_numbers):
-    """The customers holding the values, locked as identify locks them: their rows."""
+    replay = Replay()
     with conn.cursor() as cur:
         cur.execute(QUERIES["import_durability"])
         cur.execute(QUERIES["import_customers"], {"emails": emails, "phone_numbers": phone_numbers})
-        return cur.fetchall()
-
-
-def import_chunk(conn, chunk, stored, started_at, dry_run):
-    """Replay the chunk over its locked customers' rows, write and commit (roll back on a dry run)."""
-    replay = Replay()
-    replay.load(stored)
-    for record in chunk:
-        request_id = f"import {started_at:%Y-%m-%dT%H:%M:%SZ} line {record.line}"
-        replay.apply(record.email, record.phone_number, record.created_at or started_at, request_id)
-    replay.oldest_primaries()
-    if dry_run:
-        conn.rollback()
-        return replay.counts
-    with conn.cursor() as cur:
-        write(cur, replay)
-    conn.commit()
+        replay.load(cur.fetchall())
+        for record in chunk:
+            request_id = f"import {started_at:%Y-%m-%dT%H:%M:%SZ} line {record.line}"
+            replay.apply(record.email, record.phone_number, record.created_at or started_at, request_id)
+        replay.oldest_primaries()
+        if dry_run:
+            conn.rollback()
+        else:
+            write(cur, replay)
     return replay.counts
 
 

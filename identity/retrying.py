@@ -16,13 +16,12 @@ class TooMuchContention(Exception):
     """Every attempt of a transaction met a conflicting one."""
 
 
-def retrying(conn, work, *args, commit=True):
-    """Run work(conn, *args) and commit (unless told not to); on a retryable conflict roll back and rerun."""
+def retrying(conn, work, *args):
+    """Run work(conn, *args) and commit; on a retryable conflict roll back and run it again."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             result = work(conn, *args)
-            if commit:
-                conn.commit()
+            conn.commit()
             return result
         except RETRYABLE:
             conn.rollback()
