@@ -21,6 +21,16 @@ def all_contacts(conn):
         return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
 
+def recorded_events(conn):
+    """(kind, survivor, contact ids, email, phone number, reason) of every recorded event, in order."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT kind, survivor_id, contact_ids, email, phone_number, reason"
+            " FROM contact_event ORDER BY id"
+        )
+        return [tuple(row) for row in cur.fetchall()]
+
+
 def functions(conn):
     """{name: the transaction that last wrote its definition} of every function in schema public."""
     with conn.cursor() as cur:

@@ -3,13 +3,14 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import make_app
+from helpers import recorded_events
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from conftest import make_app
-from identity import repository
-from test_model import GEORGE_AND_BIFF, MERGE_RELINKS_SECONDARIES, bodies, real_events, real_table
+from test_model import GEORGE_AND_BIFF, MERGE_RELINKS_SECONDARIES, bodies, real_table
 from test_security import KEYS, bearer
+
+from identity import repository
 
 ORDERS = [
     {"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"},
@@ -34,7 +35,7 @@ def single_answers(client, conn, items):
     """(answers, table, events) of posting the items one by one to /identify from an empty table."""
     empty(conn)
     answers = [client.post("/identify", json=item).get_json()["contact"] for item in items]
-    return answers, real_table(conn), real_events(conn)
+    return answers, real_table(conn), recorded_events(conn)
 
 
 # Batches that split a history anywhere: the answers never depend on where one batch ends.
@@ -54,7 +55,7 @@ def test_batches_answer_and_write_as_the_items_posted_one_by_one(client, conn, i
             status, body = batch(client, part)
             assert status == 200, body
             answers += body["contacts"]
-    assert (answers, real_table(conn), real_events(conn)) == expected
+    assert (answers, real_table(conn), recorded_events(conn)) == expected
 
 
 def test_a_later_item_sees_the_earlier_ones(client, conn):
@@ -80,7 +81,7 @@ def test_a_database_failure_writes_nothing(app, client, conn):
     response = client.post("/identify/batch", json={"contacts": [ORDERS[0] | {"email": "a@b.c"}, ORDERS[1]]})
     assert response.status_code == 500
     assert response.get_json()["error"]["code"] == "internal_error"
-    assert real_table(conn) == [] and real_events(conn) == []
+    assert real_table(conn) == [] and recorded_events(conn) == []
 
 
 @pytest.mark.parametrize("count", [0, 1001])

@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import TASK, all_contacts, identify
+from helpers import TASK, all_contacts, identify, recorded_events
 from servers import free_port, post_json, send, start_gunicorn, stop
 from test_concurrency import assert_links_name_live_primaries, assert_primaries_are_oldest, customers
 from test_import import jsonl, timed
@@ -36,16 +36,6 @@ def send_task(client):
         assert identify(client, email, phone_number)[0] == 200
 
 
-def events(conn):
-    """(kind, survivor, contact ids, email, phone number, reason) of every event, in order."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT kind, survivor_id, contact_ids, email, phone_number, reason"
-            " FROM contact_event ORDER BY id"
-        )
-        return cur.fetchall()
-
-
 def test_the_documented_examples_are_real_answers(admin):
     send_task(admin)
     assert admin.delete("/contacts/4", headers=ADMIN).get_json() == GEORGE_ERASED
@@ -61,7 +51,7 @@ def test_erasing_a_customer_blanks_and_deletes_every_contact_and_event_value(adm
     assert [(rows[i]["email"], rows[i]["phone_number"]) for i in (3, 4)] == [(None, None)] * 2
     assert rows[3]["deleted_at"] is not None and rows[4]["deleted_at"] is not None
     assert rows[1]["deleted_at"] is None and rows[2]["linked_id"] == 1  # nothing else changes
-    george = [e for e in events(conn) if set(e[2]) & {3, 4}]
+    george = [e for e in recorded_events(conn) if set(e[2]) & {3, 4}]
     assert [e[3:5] for e in george] == [(None, None)] * len(george)
     assert george[-1] == ("erased", 3, [3, 4], None, None, "customer erased")
 
@@ -100,7 +90,7 @@ def test_erasing_a_value_splits_its_customer_by_what_remains(admin, conn):
     assert [c["primaryContatctId"] for c in answer["customers"]] == [3, 4]
     assert (answer["contacts"], answer["deleted"]) == (1, 0)
     assert admin.get("/contacts/4").get_json()["contact"]["secondaryContactIds"] == []
-    assert not [e for e in events(conn) if "george@hillvalley.edu" in (e[3], e[4])]
+    assert not [e for e in recorded_events(conn) if "george@hillvalley.edu" in (e[3], e[4])]
 
 
 def test_a_contact_left_with_no_value_is_deleted_and_its_customer_keeps_the_rest(admin, conn):
@@ -165,7 +155,7 @@ def test_the_cli_erases_a_customer_and_a_value(admin_app, admin, conn):
     by_phone = runner.invoke(args=["erase", "--phone", "123-456"])
     assert json.loads(by_phone.output) == LORRAINE_SPLIT
     assert runner.invoke(args=["erase", "--contact", "99"]).exit_code == 1
-    assert [e[0] for e in events(conn)][-3:] == ["merged", "erased", "erased"]
+    assert [e[0] for e in recorded_events(conn)][-3:] == ["merged", "erased", "erased"]
 
 
 @pytest.mark.parametrize(
@@ -188,7 +178,7 @@ def test_blocked_add_unlink_splits_the_customers_a_junk_value_joined(admin_app, 
     rows = {row["id"]: row for row in all_contacts(conn)}
     assert {i: row["linked_id"] for i, row in rows.items()} == {1: None, 2: None, 3: None, 4: 1}
     assert rows[2]["phone_number"] == "0000000"  # the rows keep the value
-    assert [e[0] for e in events(conn)][-1] == "unlinked"
+    assert [e[0] for e in recorded_events(conn)][-1] == "unlinked"
 
 
 def test_unlink_takes_one_exact_value(admin_app):
@@ -265,7 +255,7 @@ def test_erasures_racing_a_storm_of_identify_and_an_import_keep_every_invariant(
     assert importer.returncode == 0, imported
     assert {status for status, _, _ in answers} == {200}
     assert set(erased) <= {200, 404} and erased.count(200) > 50
-    assert_invariants(all_contacts(conn), events(conn))
+    assert_invariants(all_contacts(conn), recorded_events(conn))
 
 
 def assert_invariants(rows, recorded):

@@ -9,10 +9,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import recorded_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from identity import importing
 from test_concurrency import (
     STORM_THREADS,
     assert_customers_are_components,
@@ -29,6 +28,8 @@ from test_concurrency import (
 )
 from test_model import EMAILS, PHONE_NUMBERS, bodies
 
+from identity import importing
+
 START = datetime(2024, 1, 1, tzinfo=UTC)
 COLUMNS = "id, email, phone_number, linked_id, link_precedence, created_at"
 
@@ -37,15 +38,6 @@ def table(conn):
     """The compared columns of every row, in id order."""
     with conn.cursor() as cur:
         cur.execute(f"SELECT {COLUMNS} FROM contact ORDER BY id")
-        return cur.fetchall()
-
-
-def events(conn):
-    """What each recorded event says, in the order it was written (times and request ids aside)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT kind, survivor_id, contact_ids, email, phone_number FROM contact_event ORDER BY id"
-        )
         return cur.fetchall()
 
 
@@ -86,7 +78,7 @@ def posted_in_order(client, conn, records):
             assert client.post("/identify", json=body).status_code == 200
             # The row the request made, if any, carries the record's time, as the import writes it.
             cur.execute("UPDATE contact SET created_at = %s WHERE id > %s", (records[i]["createdAt"], before))
-    return table(conn), events(conn)
+    return table(conn), recorded_events(conn)
 
 
 histories = st.integers(1, 30).flatmap(
@@ -106,7 +98,7 @@ def test_into_an_empty_table_the_import_writes_what_posting_in_order_writes(
     empty(conn)
     result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
     assert result.exit_code == 0, result.output
-    assert (table(conn), events(conn)) == expected
+    assert (table(conn), recorded_events(conn)) == expected
 
 
 def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monkeypatch):
@@ -117,7 +109,7 @@ def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monk
     empty(conn)
     monkeypatch.setattr(importing, "CHUNK_SIZE", 3)
     assert run_import(runner, jsonl(tmp_path / "h.jsonl", records)).exit_code == 0
-    assert (table(conn), events(conn)) == expected
+    assert (table(conn), recorded_events(conn)) == expected
 
 
 def test_an_older_imported_record_becomes_the_primary_of_a_populated_customer(client, runner, conn, tmp_path):

@@ -10,10 +10,11 @@ identity reset, so answers must match exactly.
 from dataclasses import astuple, dataclass
 
 import pytest
+from conftest import make_app
+from helpers import recorded_events
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_app
 from identity import blocking, db, repository
 
 EMAILS = ["doc@hv.edu", "marty@hv.edu", "george@hv.edu", "biff@hv.edu"]
@@ -348,14 +349,6 @@ MERGE_RELINKS_SECONDARIES = [
 ]
 
 
-def real_events(conn):
-    """The recorded events' compared columns, in order."""
-    with conn.cursor() as cur:
-        columns = "kind, survivor_id, contact_ids, email, phone_number, reason"
-        cur.execute(f"SELECT {columns} FROM contact_event ORDER BY id")
-        return [tuple(row) for row in cur.fetchall()]
-
-
 def real_table(conn):
     """The contact table's compared columns, in id order."""
     with conn.cursor() as cur:
@@ -386,7 +379,7 @@ def replay(client, conn, model, requests):
         else:
             assert (response.status_code, response.get_json()) == (200, {"contact": expected}), (step, body)
     assert real_table(conn) == model.table()
-    assert real_events(conn) == [tuple(event) for event in model.events]
+    assert recorded_events(conn) == [tuple(event) for event in model.events]
 
 
 # Blocked values and tight limits, so that refusals and blocked requests are common.
@@ -474,7 +467,7 @@ def test_erasures_unlinks_and_merges_match_the_model(eraser_app, conn, steps):
     for step, (name, argument) in enumerate(steps):
         assert STEPS[name](eraser_app, client, model, argument), (step, steps)
     assert real_table(conn) == model.table(), steps
-    assert real_events(conn) == [tuple(event) for event in model.events], steps
+    assert recorded_events(conn) == [tuple(event) for event in model.events], steps
 
 
 def identify_step(_app, client, model, body):
