@@ -258,6 +258,32 @@ END
 $$;
 
 
+-- The customers holding one value (give the email or the phone number), locked with the value as
+-- lock_customers_v1 locks them: their primary ids.
+CREATE FUNCTION locked_holders_v1(p_email text, p_phone_number text) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    primary_ids bigint[] := holders_v1(p_email, p_phone_number);
+BEGIN
+    PERFORM lock_customers_v1(primary_ids, ARRAY[p_email], ARRAY[p_phone_number]);
+    -- Under the value's advisory lock no new holder can appear; one that appeared before it did means
+    -- starting over.
+    IF holders_v1(p_email, p_phone_number) IS DISTINCT FROM primary_ids THEN
+        RAISE EXCEPTION 'a customer took the value while this waited for it'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN primary_ids;
+END
+$$;
+
+
+-- The customers (primary ids) as identify answers each, in id order.
+CREATE FUNCTION customers_json_v1(p_primary_ids bigint[]) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(json_agg(customer_json_v1(t) ORDER BY t), '[]'::json) FROM unnest(p_primary_ids) t
+$$;
+
+
 -- Erase one value (give the email or the phone number): blanked on every row holding it, live or
 -- not, and in every event; a row left with no value is soft-deleted. Then every customer that held
 -- it is re-derived from what remains. customers: the customers that result, by primary id.
@@ -266,16 +292,9 @@ CREATE FUNCTION erase_value_v1(
     OUT contacts int, OUT deleted int, OUT events int, OUT customers json)
 LANGUAGE plpgsql AS $$
 DECLARE
-    primary_ids bigint[] := holders_v1(p_email, p_phone_number);
+    primary_ids bigint[] := locked_holders_v1(p_email, p_phone_number);
     tops bigint[];
 BEGIN
-    PERFORM lock_customers_v1(primary_ids, ARRAY[p_email], ARRAY[p_phone_number]);
-    -- Under the value's advisory lock no new holder can appear; one that appeared before it did means
-    -- starting over.
-    IF holders_v1(p_email, p_phone_number) IS DISTINCT FROM primary_ids THEN
-        RAISE EXCEPTION 'a customer took the value while the erasure waited'
-            USING ERRCODE = 'serialization_failure';
-    END IF;
 
     WITH blanked AS (
         UPDATE contact c
@@ -300,7 +319,7 @@ BEGIN
     tops := rederive_v1(primary_ids, false, NULL, NULL, 'erased',
                         CASE WHEN p_email IS NOT NULL THEN 'email erased' ELSE 'phone number erased' END,
                         p_request_id);
-    SELECT coalesce(json_agg(customer_json_v1(t) ORDER BY t), '[]'::json) INTO customers FROM unnest(tops) t;
+    customers := customers_json_v1(tops);
 END
 $$;
 
@@ -311,18 +330,13 @@ CREATE FUNCTION unlink_value_v1(p_email text, p_phone_number text, p_request_id 
 RETURNS json
 LANGUAGE plpgsql AS $$
 DECLARE
-    primary_ids bigint[] := holders_v1(p_email, p_phone_number);
+    primary_ids bigint[] := locked_holders_v1(p_email, p_phone_number);
     tops bigint[];
 BEGIN
-    PERFORM lock_customers_v1(primary_ids, ARRAY[p_email], ARRAY[p_phone_number]);
-    IF holders_v1(p_email, p_phone_number) IS DISTINCT FROM primary_ids THEN
-        RAISE EXCEPTION 'a customer took the value while the unlinking waited'
-            USING ERRCODE = 'serialization_failure';
-    END IF;
     tops := rederive_v1(primary_ids, false, p_email, p_phone_number, 'unlinked',
                         CASE WHEN p_email IS NOT NULL THEN 'email unlinked' ELSE 'phone number unlinked' END,
                         p_request_id);
-    RETURN (SELECT coalesce(json_agg(customer_json_v1(t) ORDER BY t), '[]'::json) FROM unnest(tops) t);
+    RETURN customers_json_v1(tops);
 END
 $$;
 
