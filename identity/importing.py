@@ -4,7 +4,7 @@ Design (README, "Importing"): the file is read and normalised in Python (identit
 sorted into the order the records apply, then reconciled a chunk at a time, each chunk one
 transaction: its identifiers' advisory locks in ascending key order and its customers' primaries
 FOR UPDATE in id order (the lock contract of 0002_identify_v1.sql, so live /identify stays correct
-beside it) with their rows read, all in one call (0012_import_customers_v1.sql); then the records
+beside it) with their rows read, all in one call (0011_import_customers_v1.sql); then the records
 replayed in memory with identify's rules (identity.import_replay), and the rows and their events
 written with COPY. A chunk that finds a customer merged under it is retried whole. Records already
 known write nothing, so a second import, or one re-run after a kill, completes without doubling

@@ -1,6 +1,6 @@
 -- import_customers --
 -- The chunk's identifiers and customers locked as identify locks them; the customers' live rows:
--- (id, email, phone number, primary id, created_at). 0012_import_customers_v1.sql explains the locks.
+-- (id, email, phone number, primary id, created_at). 0011_import_customers_v1.sql explains the locks.
 SELECT * FROM import_customers_v1(%(emails)s::text[], %(phone_numbers)s::text[]);
 
 -- import_durability --

@@ -1,13 +1,10 @@
 -- An import chunk's customers, locked and read in one statement (issue 10, identity/importing.py).
 --
 -- Locks (the contract of 0002_identify_v1.sql, widened to a set as identify_batch_v1 widens it):
--- first the advisory lock of every identifier of the chunk, once each, in ascending key order, the
--- keys computed exactly as identify computes them; then, in a fresh snapshot, the primaries of the
+-- first the advisory lock of every identifier of the chunk, once each, in ascending key order
+-- (lock_identifiers_v2, 0010_identify_v3.sql); then, in a fresh snapshot, the primaries of the
 -- customers holding any of those values FOR UPDATE in id order. A primary demoted while we waited
 -- raises serialization_failure and the importer retries the chunk, as identify does.
---
--- lock_identifiers_v1 takes the same keys in the same order one PERFORM at a time; this takes them
--- in one set-based statement, about four times faster, which matters at two keys per record.
 
 
 CREATE FUNCTION import_customers_v1(
@@ -19,15 +16,7 @@ DECLARE
     primary_ids bigint[];
     locked_ids bigint[];
 BEGIN
-    -- The sorted subquery feeds the locks in key order: two chunks, or a chunk and a request, never
-    -- hold one key each while waiting for the other's.
-    PERFORM pg_advisory_xact_lock(keys.k)
-    FROM (SELECT DISTINCT k FROM (
-              SELECT hashtextextended('email ' || e, 0) FROM unnest(p_emails) e WHERE e IS NOT NULL
-              UNION
-              SELECT hashtextextended('phone ' || p, 0) FROM unnest(p_phone_numbers) p WHERE p IS NOT NULL
-          ) all_keys(k)
-          ORDER BY k) keys;
+    PERFORM lock_identifiers_v2(p_emails, p_phone_numbers);
 
     -- A new statement, so a new snapshot: who holds the values now that nobody else may add them.
     SELECT array_agg(found.p ORDER BY found.p) INTO primary_ids
