@@ -1,165 +1,205 @@
-"""Replaying import records in memory with identify's rules, against the customers a chunk touches.
+"""What the import knows of the contact table, and its records replayed on it with identify's rules.
 
 The rules are /identify's (0006_identify_v2.sql): a record matching no customer makes a primary; one
 joining several customers merges them into the one whose primary is oldest (created_at, id); a
 record carrying a value its customer lacks adds a secondary. Then, because an imported record may
-be older than today's primary, each customer touched is given its oldest row as its primary, every
-other row linked straight to it (never a chain). Limits per customer do not apply to imports.
+be older than today's primary, each customer a chunk touched is given its oldest row as its primary,
+every other row linked straight to it (never a chain). Limits per customer do not apply to imports.
 Each new contact and each merge is recorded as an event, as identify_v2 records it, so the history
 and the path of a customer (identity/explain.py) see imported links too.
+
+The model lasts the whole import: the rows of every customer holding a value the import has met,
+as the table has them. A value is *fresh* while the model knows for certain who holds it, or that
+nobody does; identity.importing reads the stale values of a chunk from the table before replaying
+it, and makes every value stale (forget) when someone else may have written since it last looked.
+New rows get their real ids as they are made: the chunk reserves them from the table's sequence.
 """
 
 from dataclasses import dataclass, field
-from functools import partial
 
 
 @dataclass
-class Row:
-    """A contact: existing rows have their id; new ones a place in creation order until written."""
+class Chunk:
+    """What one chunk's records did: rows from first_id on are new; touched holds changed customers."""
 
-    key: tuple  # (0, id) for an existing row, (1, n) for the n-th new one: new ids come later
-    email: str | None
-    phone_number: str | None
-    created_at: object
-    primary: tuple | None = None  # the key of its primary; None for a primary
-    was_primary: tuple | None = None  # what is stored now, for existing rows
-
-
-@dataclass(frozen=True)
-class Event:
-    """A contact_event row to write, its contacts still keys until the new rows have ids."""
-
-    kind: str
-    survivor: tuple
-    contacts: tuple
-    values: tuple  # (email, phone number)
-    at: object
-    request_id: str
-
-
-@dataclass
-class Replay:
-    """The customers of one chunk and what the chunk's records do to them."""
-
-    rows: dict = field(default_factory=dict)  # key -> Row
-    # value -> the key of a row of the customer holding it; that row's root is the customer's primary.
-    email_owner: dict = field(default_factory=dict)
-    phone_owner: dict = field(default_factory=dict)
-    members: dict = field(default_factory=dict)  # primary key -> [row keys]
-    created: int = 0
-    events: list = field(default_factory=list)  # Event, in the order they happened
+    first_id: int
+    started_at: object  # the time of records without createdAt
+    request_prefix: str  # each event's request id is this and the record's line
+    next_id: int = 0
+    touched: set = field(default_factory=set)
+    events: list = field(default_factory=list)  # (at, request id, kind, survivor, [ids], email, phone)
     counts: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
 
-    def load(self, stored):
-        """Add the stored rows: (id, email, phone number, primary id, created_at)."""
-        for contact_id, email, phone_number, primary_id, created_at in stored:
-            key, primary = (0, contact_id), (0, primary_id)
-            linked = None if key == primary else primary
-            self.rows[key] = Row(key, email, phone_number, created_at, linked, linked)
-            self.members.setdefault(primary, []).append(key)
-            self.own(email, phone_number, primary)
+    def __post_init__(self):
+        self.next_id = self.first_id
 
-    def own(self, email, phone_number, primary):
-        """Note that the customer of primary holds these values."""
+
+@dataclass
+class Model:
+    """The customers the import knows, row by row, and which of their values it knows for certain."""
+
+    email_holder: dict = field(default_factory=dict)  # email -> a row of the customer holding it
+    phone_holder: dict = field(default_factory=dict)
+    primary_of: dict = field(default_factory=dict)  # row id -> its primary's id (its own for a primary)
+    stored: dict = field(default_factory=dict)  # row id -> the primary id the table has for it
+    created_at: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)  # row id -> (email, phone number)
+    members: dict = field(default_factory=dict)  # primary id -> [row ids]
+    fresh_emails: set = field(default_factory=set)
+    fresh_phones: set = field(default_factory=set)
+    next_id: int = 1  # past every id the model holds
+
+    def forget(self):
+        """Someone else may have written: no value is known for certain any more."""
+        self.fresh_emails, self.fresh_phones = set(), set()
+
+    def stale(self, records):
+        """(emails, phone numbers) of the records not known for certain, sorted, each once."""
+        emails = {r.email for r in records if r.email is not None} - self.fresh_emails
+        phones = {r.phone_number for r in records if r.phone_number is not None} - self.fresh_phones
+        return sorted(emails), sorted(phones)
+
+    def refresh(self, rows, emails, phone_numbers):
+        """Take the table's word for these values: rows are every live row of the customers holding them."""
+        old = {self.primary_of[row[0]] for row in rows if row[0] in self.primary_of}
+        old |= {self.customer(self.email_holder, e) for e in emails} | {
+            self.customer(self.phone_holder, p) for p in phone_numbers
+        }
+        for primary in old - {None}:
+            self.drop(primary)
+        for email in emails:
+            self.email_holder.pop(email, None)
+        for phone in phone_numbers:
+            self.phone_holder.pop(phone, None)
+        for row in rows:
+            self.add_stored(*row)
+        self.fresh_emails.update(emails)
+        self.fresh_phones.update(phone_numbers)
+
+    def customer(self, holders, value):
+        """The primary the model has for value's holder; None if it knows of none."""
+        holder = holders.get(value)
+        return None if holder is None else self.primary_of.get(holder)
+
+    def drop(self, primary):
+        """Forget a customer's rows, and that its values were held by them."""
+        for row in self.members.pop(primary, ()):
+            email, phone = self.values.pop(row)
+            if self.email_holder.get(email) == row:
+                del self.email_holder[email]
+                self.fresh_emails.discard(email)
+            if self.phone_holder.get(phone) == row:
+                del self.phone_holder[phone]
+                self.fresh_phones.discard(phone)
+            for known in (self.primary_of, self.stored, self.created_at):
+                known.pop(row, None)
+
+    def add_stored(self, row, email, phone_number, primary, created_at):
+        """A row as the table has it."""
+        self.add(row, email, phone_number, primary, created_at)
+        self.stored[row] = primary
         if email is not None:
-            self.email_owner[email] = primary
+            self.fresh_emails.add(email)
         if phone_number is not None:
-            self.phone_owner[phone_number] = primary
+            self.fresh_phones.add(phone_number)
+        self.next_id = max(self.next_id, row + 1)
 
-    def holders(self, email, phone_number):
-        """(the primaries holding either value, whether they hold every value given)."""
-        customers, knows_all = set(), True
-        for value, owner in ((email, self.email_owner), (phone_number, self.phone_owner)):
-            if value is not None:
-                key = owner.get(value)
-                if key is None:
-                    knows_all = False
-                else:
-                    customers.add(self.root(key))
-        return customers, knows_all
+    def add(self, row, email, phone_number, primary, created_at):
+        """A row of primary's customer, holding its values."""
+        self.primary_of[row] = primary
+        self.created_at[row] = created_at
+        self.values[row] = (email, phone_number)
+        self.members.setdefault(primary, []).append(row)
+        if email is not None:
+            self.email_holder[email] = row
+        if phone_number is not None:
+            self.phone_holder[phone_number] = row
 
-    def root(self, key):
-        """The primary a row belongs to now."""
-        row = self.rows[key]
-        return key if row.primary is None else row.primary
+    def replay(self, records, chunk):
+        """Apply the records in order, as identify would, then give each touched customer its oldest row."""
+        for record in records:
+            self.apply(record, chunk)
+        self.oldest_primaries(chunk)
+        self.next_id = chunk.next_id
 
-    def apply(self, email, phone_number, created_at, request_id=None):
+    def apply(self, record, chunk):
         """One record, as identify applies and records it."""
-        customers, knows_all = self.holders(email, phone_number)
-        if len(customers) == 1 and knows_all:
+        email, phone = record.email, record.phone_number
+        by_email, by_phone = self.customer(self.email_holder, email), self.customer(self.phone_holder, phone)
+        knows_all = (email is None or by_email is not None) and (phone is None or by_phone is not None)
+        if knows_all and (by_email is None or by_phone is None or by_email == by_phone):
+            return  # one customer already holds every value: nothing changes, nothing is recorded
+        request_id = f"{chunk.request_prefix}{record.line}"
+        at = record.created_at or chunk.started_at
+        if by_email is None and by_phone is None:
+            new = self.new_row(chunk, email, phone, None, at)
+            chunk.counts["primaries"] += 1
+            chunk.events.append((at, request_id, "created", new, [new], email, phone))
             return
-        note = partial(self.note, (email, phone_number), created_at, request_id)
-        if not customers:
-            self.counts["primaries"] += 1
-            new = self.add(email, phone_number, created_at, None)
-            self.own(email, phone_number, new)
-            note("created", new, [new])
-            return
-        survivor = self.merge_into_oldest(customers, note)
+        survivor = self.merge(chunk, by_email, by_phone, (at, request_id, email, phone))
         if not knows_all:
-            self.counts["secondaries"] += 1
-            note("created", survivor, [self.add(email, phone_number, created_at, survivor), survivor])
-        self.own(email, phone_number, survivor)
+            new = self.new_row(chunk, email, phone, survivor, at)
+            chunk.counts["secondaries"] += 1
+            chunk.events.append((at, request_id, "created", survivor, [new, survivor], email, phone))
 
-    def merge_into_oldest(self, customers, note):
-        """Merge the customers into the one whose primary is oldest, noting the merge; the survivor."""
-        survivor = min(customers, key=self.age)
-        demoted = sorted(customers - {survivor})  # id order, as identify lists them: new keys after old
-        for primary in demoted:
-            self.merge(primary, survivor)
-        if demoted:
-            note("merged", survivor, [survivor, *demoted])
+    def merge(self, chunk, first, second, event):
+        """Join the two customers (either may be None, or both the same) into the older; the survivor."""
+        if first is None or second is None or first == second:
+            survivor = first if second is None else second
+            chunk.touched.add(survivor)
+            return survivor
+        survivor, demoted = sorted((first, second), key=self.age)
+        for row in self.members[demoted]:
+            self.primary_of[row] = survivor
+        self.members[survivor].extend(self.members.pop(demoted))
+        chunk.touched.discard(demoted)
+        chunk.touched.add(survivor)
+        chunk.counts["merged"] += 1
+        at, request_id, email, phone = event
+        chunk.events.append((at, request_id, "merged", survivor, [survivor, demoted], email, phone))
         return survivor
 
-    def note(self, values, at, request_id, kind, survivor, contacts):
-        """Record an event of the record with these values."""
-        self.events.append(Event(kind, survivor, tuple(contacts), values, at, request_id))
-
-    def age(self, key):
+    def age(self, row):
         """A row's place by age: created_at, then id."""
-        return (self.rows[key].created_at, key)
+        return (self.created_at[row], row)
 
-    def add(self, email, phone_number, created_at, primary):
-        """A new row, its key in creation order; returns the key."""
-        self.created += 1
-        key = (1, self.created)
-        self.rows[key] = Row(key, email, phone_number, created_at, primary)
-        self.members.setdefault(primary or key, []).append(key)
-        return key
+    def new_row(self, chunk, email, phone_number, primary, created_at):
+        """A new row with the chunk's next id; a new primary when primary is None. Its id."""
+        row = chunk.next_id
+        chunk.next_id += 1
+        self.add(row, email, phone_number, row if primary is None else primary, created_at)
+        chunk.touched.add(row if primary is None else primary)
+        return row
 
-    def merge(self, demoted, survivor):
-        """Link every row of demoted's customer straight to survivor."""
-        self.counts["merged"] += 1
-        for key in self.members.pop(demoted):
-            self.rows[key].primary = survivor
-            self.members[survivor].append(key)
-
-    def oldest_primaries(self):
-        """Give each customer its oldest row as primary."""
-        for primary in list(self.members):
-            oldest = min(self.members[primary], key=self.age)
+    def oldest_primaries(self, chunk):
+        """Give each customer the chunk touched its oldest row as primary."""
+        for primary in list(chunk.touched):
+            rows = self.members[primary]
+            oldest = min(rows, key=self.age)
             if oldest != primary:
-                keys = self.members.pop(primary)
-                self.members[oldest] = keys
-                for key in keys:
-                    self.rows[key].primary = None if key == oldest else oldest
+                self.members[oldest] = self.members.pop(primary)
+                for row in rows:
+                    self.primary_of[row] = oldest
+                chunk.touched.discard(primary)
+                chunk.touched.add(oldest)
 
-    def changes(self, new_ids):
-        """(rows to insert, [(id, linked id)] for existing rows relinked, events); new_ids ascending."""
-        real = {(1, n): new_id for n, new_id in enumerate(new_ids, start=1)}
-        real_id = lambda key: None if key is None else real.get(key, key[1])  # noqa: E731
-        inserts, relinks = [], []
-        for key, row in self.rows.items():
-            linked = real_id(row.primary)
-            if key[0] == 1:
-                inserts.append((real[key], row.email, row.phone_number, linked, row.created_at))
-            elif row.primary != row.was_primary:
-                relinks.append((key[1], linked))
-        inserts.sort()
-        return inserts, relinks, [self.event_row(e, real_id) for e in self.events]
+    def new_rows(self, chunk):
+        """The chunk's new rows in id order: (id, email, phone number, linked id or None, created_at)."""
+        for row in range(chunk.first_id, chunk.next_id):
+            primary = self.primary_of[row]
+            yield (row, *self.values[row], None if primary == row else primary, self.created_at[row])
 
-    @staticmethod
-    def event_row(event, real_id):
-        """An Event as contact_event's columns (at, request id, kind, survivor, contacts, email, phone)."""
-        contacts = [real_id(key) for key in event.contacts]
-        return (event.at, event.request_id, event.kind, real_id(event.survivor), contacts, *event.values)
+    def relinks(self, chunk):
+        """[(id, linked id or None)] of the rows stored before the chunk whose primary it changed."""
+        return [
+            (row, None if self.primary_of[row] == row else self.primary_of[row])
+            for primary in chunk.touched
+            for row in self.members[primary]
+            if row < chunk.first_id and self.primary_of[row] != self.stored[row]
+        ]
+
+    def settle(self, chunk):
+        """The chunk is in the table (or, in a dry run, taken as if it were)."""
+        for primary in chunk.touched:
+            for row in self.members[primary]:
+                self.stored[row] = self.primary_of[row]

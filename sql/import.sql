@@ -1,20 +1,66 @@
--- import_customers --
--- The chunk's identifiers and customers locked as identify locks them; the customers' live rows:
--- (id, email, phone number, primary id, created_at). 0011_import_customers_v1.sql explains the locks.
-SELECT * FROM import_customers_v1(%(emails)s::text[], %(phone_numbers)s::text[]);
-
--- import_durability --
+-- import_gate --
+-- A chunk of an import runs alone among the table's users (README, "Importing"). ACCESS EXCLUSIVE,
+-- not a weaker mode: every writer (identify_v1 to v3, the batch, erasure, renormalising) reads the
+-- table before it writes, so a writer let in to read while the chunk is applied would write later
+-- on what it read before the chunk. Readers and writers wait for the chunk, briefly; the chunk waits
+-- for whoever already uses the table to commit. Nothing else is locked first, so no deadlock: a
+-- writer holding identifier locks waits on the table, and the chunk wants none of those locks.
+-- lock_timeout bounds how long the chunk's queued request can hold everyone behind it (say a long
+-- report holds the table): the importer then backs off and asks again.
 -- A chunk's commit does not wait for the WAL flush: a server crash may lose the last chunks
--- committed (never part of one), and running the import again writes them (README, "Importing").
+-- committed (never part of one), and running the import again writes them.
+SET LOCAL lock_timeout = %(lock_timeout_ms)s;
 SET LOCAL synchronous_commit = off;
+LOCK TABLE contact IN ACCESS EXCLUSIVE MODE;
+
+-- import_snapshot --
+-- Before the first chunk, one snapshot for all the file's values: (the next transaction id, whether
+-- any other transaction was running, whether the table has a live row at all).
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SELECT pg_snapshot_xmax(s)::text::bigint,
+       EXISTS (SELECT FROM pg_snapshot_xip(s)),
+       EXISTS (SELECT FROM contact WHERE deleted_at IS NULL)
+FROM pg_current_snapshot() s;
+
+-- import_watch --
+-- Under the gate: (our transaction id, the next id as our snapshot has it, whether any other
+-- transaction is running). When ours is the only id handed out since the import last looked and
+-- nobody else was or is running, nobody else can have written since (identity.importing.Watch).
+SELECT x::text::bigint, pg_snapshot_xmax(s)::text::bigint,
+       EXISTS (SELECT FROM pg_snapshot_xip(s) other WHERE other <> x)
+FROM pg_current_xact_id() x, pg_current_snapshot() s;
+
+-- import_customers_holding --
+-- Every live row of the customers holding any of the values: (id, email, phone number, primary
+-- id, created_at). The values come sorted, so the index is walked in order.
+WITH holder AS (
+    SELECT coalesce(c.linked_id, c.id) AS id
+    FROM unnest(%(emails)s::text[]) v JOIN contact c ON c.email = v
+    WHERE c.email IS NOT NULL AND c.deleted_at IS NULL
+    UNION
+    SELECT coalesce(c.linked_id, c.id)
+    FROM unnest(%(phone_numbers)s::text[]) v JOIN contact c ON c.phone_number = v
+    WHERE c.phone_number IS NOT NULL AND c.deleted_at IS NULL
+)
+SELECT c.id, c.email, c.phone_number, c.id, c.created_at
+FROM holder h JOIN contact c ON c.id = h.id
+WHERE c.deleted_at IS NULL
+UNION ALL
+SELECT c.id, c.email, c.phone_number, c.linked_id, c.created_at
+FROM holder h JOIN contact c ON c.linked_id = h.id
+WHERE c.deleted_at IS NULL;
 
 -- import_analyze --
 -- The planner's statistics of a table the import is growing (autovacuum may be off, or late).
 ANALYZE contact;
 
--- import_new_ids --
--- n ids from the contact table's own sequence, ascending.
-SELECT nextval(pg_get_serial_sequence('contact', 'id')) AS id FROM generate_series(1, %(n)s) ORDER BY id;
+-- import_first_id --
+-- The first id the chunk may give; under the gate nobody else takes ids from the sequence.
+SELECT nextval(pg_get_serial_sequence('contact', 'id'));
+
+-- import_next_id --
+-- The sequence moved to the first id the chunk left unused: past its rows, or back where it was.
+SELECT setval(pg_get_serial_sequence('contact', 'id'), %(next_id)s, false);
 
 -- import_copy_contacts --
 COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) FROM STDIN;
