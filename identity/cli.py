@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import gc
 import getpass
 import json
 import sys
@@ -219,18 +220,30 @@ def table(title, columns, rows):
 def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run):
     """Reconcile a history of orders (CSV or JSON Lines, .gz, - for stdin) as /identify would have."""
     started = time.monotonic()
-    records, rejects = read_input(path, kind)
-    write_rejects(rejects, rejects_path or default_rejects_path(path))
-    summary = importing.Summary(read=len(records) + len(rejects), rejected=len(rejects))
-    conn = psycopg2.connect(current_app.config["DATABASE_URL"])
-    try:
-        with progress_reporter(len(records)) as progress:
-            summary.counts = importing.reconcile(conn, records, dry_run, progress)
-    finally:
-        conn.close()
+    with without_cycle_collection():
+        records, rejects = read_input(path, kind)
+        write_rejects(rejects, rejects_path or default_rejects_path(path))
+        summary = importing.Summary(read=len(records) + len(rejects), rejected=len(rejects))
+        conn = psycopg2.connect(current_app.config["DATABASE_URL"])
+        try:
+            with progress_reporter(len(records)) as progress:
+                summary.counts = importing.reconcile(conn, records, dry_run, progress)
+        finally:
+            conn.close()
     summary.seconds = time.monotonic() - started
     click.echo(("dry run, nothing written: " if dry_run else "") + summary.line())
     sys.exit(1 if rejects and not allow_rejects else 0)
+
+
+@contextlib.contextmanager
+def without_cycle_collection():
+    """The cyclic garbage collector paused: an import makes millions of records, tuples and dict
+    entries, none in a cycle, and the collector's passes over them took a third of its time."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def read_input(path, kind):

@@ -27,7 +27,11 @@ class Chunk:
     request_prefix: str  # each event's request id is this and the record's line
     next_id: int = 0
     touched: set = field(default_factory=set)
-    events: list = field(default_factory=list)  # (at, request id, kind, survivor, [ids], email, phone)
+    # ((created_at as text, request id, email, phone number), kind, survivor, contact ids)
+    events: list = field(default_factory=list)
+    at_text: dict = field(default_factory=dict)  # new row id -> its created_at in ISO 8601, made once
+    relinks: list = field(default_factory=list)  # (id, linked id or None) of stored rows it moved
+    lines: tuple = ()  # (the new rows, the events) as COPY's input
     counts: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
 
     def __post_init__(self):
@@ -38,8 +42,9 @@ class Chunk:
 class Model:
     """The customers the import knows, row by row, and which of their values it knows for certain."""
 
-    email_holder: dict = field(default_factory=dict)  # email -> a row of the customer holding it
-    phone_holder: dict = field(default_factory=dict)
+    # value -> the primary of the customer holding it: a record's customers in one lookup per value
+    email_customer: dict = field(default_factory=dict)
+    phone_customer: dict = field(default_factory=dict)
     primary_of: dict = field(default_factory=dict)  # row id -> its primary's id (its own for a primary)
     stored: dict = field(default_factory=dict)  # row id -> the primary id the table has for it
     created_at: dict = field(default_factory=dict)
@@ -47,14 +52,18 @@ class Model:
     members: dict = field(default_factory=dict)  # primary id -> [row ids]
     fresh_emails: set = field(default_factory=set)
     fresh_phones: set = field(default_factory=set)
+    complete: bool = False  # every value of the import is fresh, as learnt before the first chunk
     next_id: int = 1  # past every id the model holds
 
     def forget(self):
         """Someone else may have written: no value is known for certain any more."""
         self.fresh_emails, self.fresh_phones = set(), set()
+        self.complete = False
 
     def stale(self, records):
         """(emails, phone numbers) of the records not known for certain, sorted, each once."""
+        if self.complete:
+            return [], []
         emails = {r.email for r in records if r.email is not None} - self.fresh_emails
         phones = {r.phone_number for r in records if r.phone_number is not None} - self.fresh_phones
         return sorted(emails), sorted(phones)
@@ -62,34 +71,29 @@ class Model:
     def refresh(self, rows, emails, phone_numbers):
         """Take the table's word for these values: rows are every live row of the customers holding them."""
         old = {self.primary_of[row[0]] for row in rows if row[0] in self.primary_of}
-        old |= {self.customer(self.email_holder, e) for e in emails} | {
-            self.customer(self.phone_holder, p) for p in phone_numbers
+        old |= {self.email_customer.get(e) for e in emails} | {
+            self.phone_customer.get(p) for p in phone_numbers
         }
         for primary in old - {None}:
             self.drop(primary)
         for email in emails:
-            self.email_holder.pop(email, None)
+            self.email_customer.pop(email, None)
         for phone in phone_numbers:
-            self.phone_holder.pop(phone, None)
+            self.phone_customer.pop(phone, None)
         for row in rows:
             self.add_stored(*row)
         self.fresh_emails.update(emails)
         self.fresh_phones.update(phone_numbers)
 
-    def customer(self, holders, value):
-        """The primary the model has for value's holder; None if it knows of none."""
-        holder = holders.get(value)
-        return None if holder is None else self.primary_of.get(holder)
-
     def drop(self, primary):
         """Forget a customer's rows, and that its values were held by them."""
         for row in self.members.pop(primary, ()):
             email, phone = self.values.pop(row)
-            if self.email_holder.get(email) == row:
-                del self.email_holder[email]
+            if self.email_customer.get(email) == primary:
+                del self.email_customer[email]
                 self.fresh_emails.discard(email)
-            if self.phone_holder.get(phone) == row:
-                del self.phone_holder[phone]
+            if self.phone_customer.get(phone) == primary:
+                del self.phone_customer[phone]
                 self.fresh_phones.discard(phone)
             for known in (self.primary_of, self.stored, self.created_at):
                 known.pop(row, None)
@@ -110,37 +114,44 @@ class Model:
         self.created_at[row] = created_at
         self.values[row] = (email, phone_number)
         self.members.setdefault(primary, []).append(row)
+        self.hold(row, primary)
+
+    def hold(self, row, primary):
+        """Note that primary's customer holds row's values."""
+        email, phone_number = self.values[row]
         if email is not None:
-            self.email_holder[email] = row
+            self.email_customer[email] = primary
         if phone_number is not None:
-            self.phone_holder[phone_number] = row
+            self.phone_customer[phone_number] = primary
 
     def replay(self, records, chunk):
         """Apply the records in order, as identify would, then give each touched customer its oldest row."""
         for record in records:
             self.apply(record, chunk)
         self.oldest_primaries(chunk)
+        chunk.relinks = self.relinks(chunk)
         self.next_id = chunk.next_id
 
     def apply(self, record, chunk):
         """One record, as identify applies and records it."""
         email, phone = record.email, record.phone_number
-        by_email, by_phone = self.customer(self.email_holder, email), self.customer(self.phone_holder, phone)
+        by_email, by_phone = self.email_customer.get(email), self.phone_customer.get(phone)
         knows_all = (email is None or by_email is not None) and (phone is None or by_phone is not None)
         if knows_all and (by_email is None or by_phone is None or by_email == by_phone):
             return  # one customer already holds every value: nothing changes, nothing is recorded
         request_id = f"{chunk.request_prefix}{record.line}"
         at = record.created_at or chunk.started_at
+        event = (at.isoformat(), request_id, email, phone)
         if by_email is None and by_phone is None:
-            new = self.new_row(chunk, email, phone, None, at)
+            new = self.new_row(chunk, email, phone, None, at, event)
             chunk.counts["primaries"] += 1
-            chunk.events.append((at, request_id, "created", new, [new], email, phone))
+            chunk.events.append((event, "created", new, (new,)))
             return
-        survivor = self.merge(chunk, by_email, by_phone, (at, request_id, email, phone))
+        survivor = self.merge(chunk, by_email, by_phone, event)
         if not knows_all:
-            new = self.new_row(chunk, email, phone, survivor, at)
+            new = self.new_row(chunk, email, phone, survivor, at, event)
             chunk.counts["secondaries"] += 1
-            chunk.events.append((at, request_id, "created", survivor, [new, survivor], email, phone))
+            chunk.events.append((event, "created", survivor, (new, survivor)))
 
     def merge(self, chunk, first, second, event):
         """Join the two customers (either may be None, or both the same) into the older; the survivor."""
@@ -149,24 +160,23 @@ class Model:
             chunk.touched.add(survivor)
             return survivor
         survivor, demoted = sorted((first, second), key=self.age)
-        for row in self.members[demoted]:
-            self.primary_of[row] = survivor
+        self.move(self.members[demoted], survivor)
         self.members[survivor].extend(self.members.pop(demoted))
         chunk.touched.discard(demoted)
         chunk.touched.add(survivor)
         chunk.counts["merged"] += 1
-        at, request_id, email, phone = event
-        chunk.events.append((at, request_id, "merged", survivor, [survivor, demoted], email, phone))
+        chunk.events.append((event, "merged", survivor, (survivor, demoted)))
         return survivor
 
     def age(self, row):
         """A row's place by age: created_at, then id."""
         return (self.created_at[row], row)
 
-    def new_row(self, chunk, email, phone_number, primary, created_at):
-        """A new row with the chunk's next id; a new primary when primary is None. Its id."""
+    def new_row(self, chunk, email, phone_number, primary, created_at, event):
+        """A new row of the record the event notes, with the next id; a primary if primary is None."""
         row = chunk.next_id
         chunk.next_id += 1
+        chunk.at_text[row] = event[0]
         self.add(row, email, phone_number, row if primary is None else primary, created_at)
         chunk.touched.add(row if primary is None else primary)
         return row
@@ -178,16 +188,21 @@ class Model:
             oldest = min(rows, key=self.age)
             if oldest != primary:
                 self.members[oldest] = self.members.pop(primary)
-                for row in rows:
-                    self.primary_of[row] = oldest
+                self.move(rows, oldest)
                 chunk.touched.discard(primary)
                 chunk.touched.add(oldest)
 
+    def move(self, rows, primary):
+        """Make primary the primary of the rows, and of their values."""
+        for row in rows:
+            self.primary_of[row] = primary
+            self.hold(row, primary)
+
     def new_rows(self, chunk):
-        """The chunk's new rows in id order: (id, email, phone number, linked id or None, created_at)."""
+        """The chunk's new rows in id order: (id, email, phone number, linked id or None, created_at text)."""
         for row in range(chunk.first_id, chunk.next_id):
             primary = self.primary_of[row]
-            yield (row, *self.values[row], None if primary == row else primary, self.created_at[row])
+            yield (row, *self.values[row], None if primary == row else primary, chunk.at_text[row])
 
     def relinks(self, chunk):
         """[(id, linked id or None)] of the rows stored before the chunk whose primary it changed."""

@@ -10,8 +10,10 @@ and streams the new rows and their events into the table with COPY. Records alre
 nothing, so a second import, or one re-run after a kill, completes without doubling anything.
 """
 
+import io
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,6 +31,9 @@ ANALYZE_AFTER_ROWS = 10_000
 # often it asks again (with a random pause of up to a second) before the import gives up.
 LOCK_TIMEOUT_MS = 200
 LOCK_ATTEMPTS = 300
+# COPY sends the chunk's text in pieces this large: each piece is a moment the writer thread needs
+# the GIL, which the replaying thread may hold for up to the switch interval.
+COPY_PIECE = 1 << 20
 
 
 class TableBusy(Exception):
@@ -55,13 +60,30 @@ class Summary:
 
 
 def reconcile(conn, records, dry_run=False, progress=lambda done: None):
-    """Apply the records in order, CHUNK_SIZE per transaction; the counts of what they did."""
+    """Apply the records in order, CHUNK_SIZE per transaction; the counts of what they did.
+
+    While one chunk is being written (by a thread, which waits on the server with the GIL released),
+    the next is replayed ahead, on the model as the written one leaves it. If the writer finds that
+    someone else wrote in between, both are replayed again, one at a time, from the table's rows.
+    """
     importer = Importer(conn, datetime.now(UTC), dry_run)
     importer.learn(records)
-    for start in range(0, len(records), CHUNK_SIZE):
-        chunk = records[start : start + CHUNK_SIZE]
-        importer.apply(chunk)
-        progress(start + len(chunk))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer:
+        in_flight = None  # (records, the write's future)
+        for start in range(0, len(records), CHUNK_SIZE):
+            batch = records[start : start + CHUNK_SIZE]
+            ahead = importer.replay_ahead(batch)
+            if in_flight and not importer.written(*in_flight):
+                ahead = None  # replayed on what the table turned out not to be
+            if ahead is None:
+                importer.apply(batch)
+                in_flight = None
+            else:
+                in_flight = (batch, writer.submit(write_chunk, conn, ahead, importer))
+            progress(start)
+        if in_flight:
+            importer.written(*in_flight)
+    progress(len(records))
     return importer.totals
 
 
@@ -110,30 +132,53 @@ class Importer:
         emails, phone_numbers = self.model.stale(records)
         with self.conn.cursor() as cur:
             cur.execute(QUERIES["import_snapshot"])
-            next_xid, others, has_rows = cur.fetchone()
+            next_xid, others, has_rows, next_id = cur.fetchone()
             rows = customers_holding(cur, emails, phone_numbers) if has_rows else []
         self.conn.rollback()
         self.model.refresh(rows, emails, phone_numbers)
+        self.model.complete = True
+        self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
 
+    def replay_ahead(self, records):
+        """The chunk replayed on the model as it stands, when the model knows all its values; else None."""
+        emails, phone_numbers = self.model.stale(records)
+        if emails or phone_numbers:
+            return None
+        chunk = Chunk(self.model.next_id, self.started_at, self.request_prefix)
+        self.model.replay(records, chunk)
+        chunk.lines = (contact_text(self.model, chunk), event_text(chunk.events))
+        self.model.settle(chunk)  # as if written: the next chunk is replayed on top of it
+        return chunk
+
+    def written(self, records, write):
+        """Whether the write in flight went in as replayed; if not, the records are applied again."""
+        try:
+            chunk = write.result()
+        except BaseException:
+            self.forget_all()
+            raise
+        if chunk is None:
+            self.forget_all()
+            self.apply(records)
+            return False
+        self.count(chunk)
+        return True
+
+    def forget_all(self):
+        """Drop the model, which holds what was replayed but never written; roll back."""
+        self.conn.rollback()
+        self.model = Model()
+
     def apply(self, records):
-        """One chunk in its own transaction, asking again while the table is busy."""
-        for _ in range(LOCK_ATTEMPTS):
-            try:
-                chunk = import_chunk(self.conn, records, self)
-            except LockNotAvailable:
-                self.conn.rollback()
-                time.sleep(random.uniform(0, 1))  # random, so that two importers do not meet again
-                continue
-            except BaseException:
-                self.conn.rollback()
-                self.model, self.watch = Model(), Watch()  # the model may hold what never got written
-                raise
-            self.conn.commit()
-            self.model.settle(chunk)
-            self.totals = {name: self.totals[name] + chunk.counts[name] for name in self.totals}
-            return
-        raise TableBusy(f"the contact table stayed busy through {LOCK_ATTEMPTS} attempts to take it")
+        """One chunk read, replayed and written in one transaction, asking again while the table is busy."""
+        chunk = until_the_table_is_free(lambda: import_chunk(self.conn, records, self))
+        self.model.settle(chunk)
+        self.count(chunk)
+
+    def count(self, chunk):
+        """Add what a written chunk did to the totals."""
+        self.totals = {name: self.totals[name] + chunk.counts[name] for name in self.totals}
 
     def analyze_now(self, rows):
         """Whether the table has doubled since the last ANALYZE (PlannerStatistics' rule)."""
@@ -144,27 +189,69 @@ class Importer:
         return True
 
 
+def until_the_table_is_free(work):
+    """work() under the gate, committed; on a lock timeout rolled back and tried again after a pause."""
+    for _ in range(LOCK_ATTEMPTS):
+        try:
+            return work()
+        except LockNotAvailable:
+            time.sleep(random.uniform(0, 1))  # random, so that two importers do not meet again
+    raise TableBusy(f"the contact table stayed busy through {LOCK_ATTEMPTS} attempts to take it")
+
+
 def import_chunk(conn, records, importer):
-    """One chunk in the caller's transaction, under the gate: read what is stale, replay, write."""
+    """One chunk in its own transaction, under the gate: read what is stale, replay, write, commit."""
     model = importer.model
-    with conn.cursor() as cur:
-        cur.execute(QUERIES["import_gate"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
-        if not importer.watch.quiet(cur):
-            model.forget()
-        emails, phone_numbers = model.stale(records)
-        if emails or phone_numbers:
-            model.refresh(customers_holding(cur, emails, phone_numbers), emails, phone_numbers)
-        cur.execute(QUERIES["import_first_id"])
-        (sequence_next,) = cur.fetchone()
-        chunk = Chunk(max(sequence_next, model.next_id), importer.started_at, importer.request_prefix)
-        model.replay(records, chunk)
-        if importer.dry_run:
-            cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
-        else:
-            write(cur, model, chunk)
-            if importer.analyze_now(chunk.next_id - chunk.first_id):
-                cur.execute(QUERIES["import_analyze"])
+    try:
+        with conn.cursor() as cur:
+            sequence_next, quiet = take_the_table(cur, importer.watch)
+            if not quiet:
+                model.forget()
+            emails, phone_numbers = model.stale(records)
+            if emails or phone_numbers:
+                model.refresh(customers_holding(cur, emails, phone_numbers), emails, phone_numbers)
+            chunk = Chunk(max(sequence_next, model.next_id), importer.started_at, importer.request_prefix)
+            model.replay(records, chunk)
+            chunk.lines = (contact_text(model, chunk), event_text(chunk.events))
+            write(cur, chunk, importer, sequence_next)
+    except LockNotAvailable:
+        raise  # before anything was read or replayed: the model still holds
+    except BaseException:
+        importer.forget_all()
+        raise
     return chunk
+
+
+def write_chunk(conn, chunk, importer):
+    """The writer thread: a chunk replayed ahead, written and committed; None, rolled back, if it was
+    replayed on what is no longer so (someone else wrote, or took ids, since)."""
+    return until_the_table_is_free(lambda: write_ahead(conn, chunk, importer))
+
+
+def write_ahead(conn, chunk, importer):
+    """write_chunk's one attempt."""
+    with conn.cursor() as cur:
+        sequence_next, quiet = take_the_table(cur, importer.watch)
+        if not quiet or sequence_next > chunk.first_id:
+            # The sequence is not transactional: put back the id taken, so the chunk applied
+            # again gets the ids it would have had.
+            cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
+            conn.rollback()
+            return None
+        write(cur, chunk, importer, sequence_next)
+    return chunk
+
+
+def take_the_table(cur, watch):
+    """Take the gate; (the sequence's next id, whether nobody else can have written since the last look)."""
+    try:
+        cur.execute(QUERIES["import_gate"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
+    except LockNotAvailable:
+        cur.connection.rollback()
+        raise
+    quiet = watch.quiet(cur)
+    cur.execute(QUERIES["import_first_id"])
+    return cur.fetchone()[0], quiet
 
 
 def customers_holding(cur, emails, phone_numbers):
@@ -173,33 +260,23 @@ def customers_holding(cur, emails, phone_numbers):
     return cur.fetchall()
 
 
-def write(cur, model, chunk):
-    """Stream the new rows and the events into the table; relink the existing rows the chunk moved."""
+def write(cur, chunk, importer, sequence_next):
+    """Stream the chunk's rows and events into the table, relink the rows it moved, commit (or, in a
+    dry run, roll back and leave the sequence where it was)."""
+    if importer.dry_run:
+        cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
+        cur.connection.rollback()
+        return
     cur.execute(QUERIES["import_next_id"], {"next_id": chunk.next_id})
-    stamp = datetime.now(UTC).isoformat()
-    cur.copy_expert(QUERIES["import_copy_contacts"], Lines(contact_lines(model.new_rows(chunk), stamp)))
-    cur.copy_expert(QUERIES["import_copy_events"], Lines(event_lines(chunk.events)))
-    relinks = model.relinks(chunk)
-    if relinks:
-        ids, linked_ids = zip(*relinks, strict=True)
+    contacts, events = chunk.lines
+    cur.copy_expert(QUERIES["import_copy_contacts"], io.StringIO(contacts), COPY_PIECE)
+    cur.copy_expert(QUERIES["import_copy_events"], io.StringIO(events), COPY_PIECE)
+    if chunk.relinks:
+        ids, linked_ids = zip(*chunk.relinks, strict=True)
         cur.execute(QUERIES["import_relink"], {"ids": list(ids), "linked_ids": list(linked_ids)})
-
-
-class Lines:
-    """A file to COPY from, made line by line as COPY reads it: the server stores while we format."""
-
-    def __init__(self, lines):
-        self.lines = lines
-
-    def read(self, size=-1):
-        """At least size characters (all that is left when fewer, or when size is negative)."""
-        parts, length = [], 0
-        for line in self.lines:
-            parts.append(line)
-            length += len(line)
-            if 0 < size <= length:
-                break
-        return "".join(parts)
+    if importer.analyze_now(chunk.next_id - chunk.first_id):
+        cur.execute(QUERIES["import_analyze"])
+    cur.connection.commit()
 
 
 # COPY's text format: fields split by tabs, \N is null, and these characters escaped in a value.
@@ -208,23 +285,27 @@ COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r
 
 
 def copy_value(value):
-    """A text value, or null, in COPY's text format."""
-    return NULL if value is None else str(value).translate(COPY_ESCAPES)
+    """A text value, or null, in COPY's text format; a value needing no escape (most) is not rebuilt."""
+    if value is None:
+        return NULL
+    # No printable character but the backslash needs an escape: one C-speed test clears most values.
+    return value if value.isprintable() and "\\" not in value else value.translate(COPY_ESCAPES)
 
 
-def contact_lines(rows, stamp):
-    """The new rows (id, email, phone number, linked id, created_at) as COPY's lines for contact."""
-    for i, email, phone, linked, at in rows:
-        yield (
-            f"{i}\t{copy_value(email)}\t{copy_value(phone)}\t{copy_value(linked)}\t"
-            f"{'primary' if linked is None else 'secondary'}\t{at.isoformat()}\t{stamp}\n"
-        )
+def contact_text(model, chunk):
+    """The chunk's new rows as COPY's input for contact."""
+    stamp = datetime.now(UTC).isoformat()
+    return "".join(
+        f"{i}\t{copy_value(email)}\t{copy_value(phone)}\t{NULL if linked is None else linked}\t"
+        f"{'primary' if linked is None else 'secondary'}\t{at}\t{stamp}\n"
+        for i, email, phone, linked, at in model.new_rows(chunk)
+    )
 
 
-def event_lines(events):
-    """The events (at, request id, kind, survivor, contact ids, email, phone) as COPY's lines."""
-    for at, request, kind, survivor, ids, email, phone in events:
-        yield (
-            f"{at.isoformat()}\t{copy_value(request)}\t{kind}\t{survivor}\t{{{','.join(map(str, ids))}}}\t"
-            f"{copy_value(email)}\t{copy_value(phone)}\n"
-        )
+def event_text(events):
+    """The chunk's events as COPY's input for contact_event."""
+    return "".join(
+        f"{at}\t{request_id}\t{kind}\t{survivor}\t{{{','.join(map(str, ids))}}}\t"
+        f"{copy_value(email)}\t{copy_value(phone)}\n"
+        for (at, request_id, email, phone), kind, survivor, ids in events
+    )
