@@ -189,6 +189,38 @@ def by_rank(rows):
     return [(email, phone, rank.get(linked), precedence) for _, email, phone, linked, precedence, _ in rows]
 
 
+def test_a_chunk_replayed_ahead_of_a_live_write_is_applied_again_from_the_table(
+    client, runner, conn, tmp_path, monkeypatch
+):
+    # Chunk two is replayed while chunk one is written: before a live request, posted right after
+    # chunk one commits, gives x@hv.edu to a customer. Trusting that replay would make a second
+    # customer holding x@hv.edu.
+    records = timed(
+        [{"email": "a@hv.edu", "phoneNumber": "1"}, {"email": "b@hv.edu", "phoneNumber": "2"}]
+        + [{"email": "x@hv.edu", "phoneNumber": "3"}, {"email": "c@hv.edu", "phoneNumber": "1"}],
+        range(4),
+    )
+    live = {"email": "x@hv.edu", "phoneNumber": "9"}
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 2)
+    real_write = importing.write
+
+    def then_a_live_request(cur, chunk, *args):
+        real_write(cur, chunk, *args)
+        if chunk.first_id == 1:
+            assert client.post("/identify", json=live).status_code == 200
+
+    monkeypatch.setattr(importing, "write", then_a_live_request)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    assert result.exit_code == 0, result.output
+    rows = live_contacts(conn)
+    assert_links_name_live_primaries(rows)
+    assert_no_identical_contacts(rows)
+    grouped = customers(rows)
+    assert_primaries_are_oldest(grouped)
+    sent = [(r["email"], r["phoneNumber"]) for r in records] + [(live["email"], live["phoneNumber"])]
+    assert_customers_are_components(grouped, components(sent))
+
+
 def test_rejects_exit_codes_dry_run_and_stdin(runner, conn, tmp_path):
     text = '{"email": "a@hv.edu"}\n\n{"email": "nope"}\n{"phoneNumber": "1", "createdAt": "2024-01-01"}\n'
     rejects = tmp_path / "r.csv"
