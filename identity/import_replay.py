@@ -20,22 +20,25 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Chunk:
-    """What one chunk's records did: rows from first_id on are new; touched holds changed customers."""
+    """What one chunk's records did: its new rows, the customers it changed, its events."""
 
-    first_id: int
+    first_id: int  # no new row's id is lower, and every stored row's is
+    ids: object  # the ids for its new rows, ascending
     started_at: object  # the time of records without createdAt
     request_prefix: str  # each event's request id is this and the record's line
-    next_id: int = 0
+    new_ids: list = field(default_factory=list)
     touched: set = field(default_factory=set)
     # ((created_at as text, request id, email, phone number), kind, survivor, contact ids)
     events: list = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
     at_text: dict = field(default_factory=dict)  # new row id -> its created_at in ISO 8601, made once
     relinks: list = field(default_factory=list)  # (id, linked id or None) of stored rows it moved
     lines: tuple = ()  # (the new rows, the events) as COPY's input
-    counts: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
 
-    def __post_init__(self):
-        self.next_id = self.first_id
+    @property
+    def next_id(self):
+        """The first id the chunk left unused, of a run of ids from first_id."""
+        return self.new_ids[-1] + 1 if self.new_ids else self.first_id
 
 
 @dataclass
@@ -130,7 +133,7 @@ class Model:
             self.apply(record, chunk)
         self.oldest_primaries(chunk)
         chunk.relinks = self.relinks(chunk)
-        self.next_id = chunk.next_id
+        self.next_id = max(self.next_id, chunk.next_id)
 
     def apply(self, record, chunk):
         """One record, as identify applies and records it."""
@@ -174,8 +177,8 @@ class Model:
 
     def new_row(self, chunk, email, phone_number, primary, created_at, event):
         """A new row of the record the event notes, with the next id; a primary if primary is None."""
-        row = chunk.next_id
-        chunk.next_id += 1
+        row = next(chunk.ids)
+        chunk.new_ids.append(row)
         chunk.at_text[row] = event[0]
         self.add(row, email, phone_number, row if primary is None else primary, created_at)
         chunk.touched.add(row if primary is None else primary)
@@ -200,7 +203,7 @@ class Model:
 
     def new_rows(self, chunk):
         """The chunk's new rows in id order: (id, email, phone number, linked id or None, created_at text)."""
-        for row in range(chunk.first_id, chunk.next_id):
+        for row in chunk.new_ids:
             primary = self.primary_of[row]
             yield (row, *self.values[row], None if primary == row else primary, chunk.at_text[row])
 

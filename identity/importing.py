@@ -11,6 +11,7 @@ nothing, so a second import, or one re-run after a kill, completes without doubl
 """
 
 import io
+import itertools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +22,15 @@ from psycopg2.errors import LockNotAvailable
 
 from identity.import_replay import Chunk, Model
 from identity.queries import QUERIES
+from identity.retrying import retrying
 
-# Records per chunk: each holds the table for about a tenth of a second on the benchmark machine
-# (README, "Importing"), and a million records take a hundred chunks.
+# Records per chunk: a chunk replayed ahead holds the table only to write (about a tenth of a
+# second on the benchmark machine, README "Importing"), and a million records take a hundred chunks.
 CHUNK_SIZE = 10_000
+# Chunks applied the careful way, beside other writers: 2,000 records take at most 4,000 advisory
+# locks, inside a default server's shared lock table (max_locks_per_transaction 64 x
+# max_connections 100 = 6,400 entries), with room for the requests served beside them.
+CAREFUL_CHUNK_SIZE = 2_000
 # The first ANALYZE of a table the import fills (PlannerStatistics).
 ANALYZE_AFTER_ROWS = 10_000
 # How long a chunk's request for the table may keep the requests queued behind it waiting, and how
@@ -64,14 +70,19 @@ def reconcile(conn, records, dry_run=False, progress=lambda done: None):
 
     While one chunk is being written (by a thread, which waits on the server with the GIL released),
     the next is replayed ahead, on the model as the written one leaves it. If the writer finds that
-    someone else wrote in between, both are replayed again, one at a time, from the table's rows.
+    someone else wrote in between, both are applied again, and every chunk after them, the careful
+    way (import_chunk). A dry run replays it all on the snapshot learnt at the start.
     """
     importer = Importer(conn, datetime.now(UTC), dry_run)
     importer.learn(records)
+    if dry_run:
+        return importer.replay_all(records, progress)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer:
         in_flight = None  # (records, the write's future)
-        for start in range(0, len(records), CHUNK_SIZE):
-            batch = records[start : start + CHUNK_SIZE]
+        start = 0
+        while start < len(records):
+            batch = records[start : start + importer.chunk_size]
+            start += len(batch)
             ahead = importer.replay_ahead(batch)
             if in_flight and not importer.written(*in_flight):
                 ahead = None  # replayed on what the table turned out not to be
@@ -80,7 +91,7 @@ def reconcile(conn, records, dry_run=False, progress=lambda done: None):
                 in_flight = None
             else:
                 in_flight = (batch, writer.submit(write_chunk, conn, ahead, importer))
-            progress(start)
+            progress(start - len(batch))
         if in_flight:
             importer.written(*in_flight)
     progress(len(records))
@@ -123,6 +134,11 @@ class Importer:
     totals: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
 
     @property
+    def chunk_size(self):
+        """Records in the next chunk: fewer once chunks are applied the careful way."""
+        return CHUNK_SIZE if self.model.complete else min(CHUNK_SIZE, CAREFUL_CHUNK_SIZE)
+
+    @property
     def request_prefix(self):
         """The events' request id, less the record's line."""
         return f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line "
@@ -145,7 +161,8 @@ class Importer:
         emails, phone_numbers = self.model.stale(records)
         if emails or phone_numbers:
             return None
-        chunk = Chunk(self.model.next_id, self.started_at, self.request_prefix)
+        first = self.model.next_id
+        chunk = Chunk(first, itertools.count(first), self.started_at, self.request_prefix)
         self.model.replay(records, chunk)
         chunk.lines = (contact_text(self.model, chunk), event_text(chunk.events))
         self.model.settle(chunk)  # as if written: the next chunk is replayed on top of it
@@ -171,10 +188,18 @@ class Importer:
         self.model = Model()
 
     def apply(self, records):
-        """One chunk read, replayed and written in one transaction, asking again while the table is busy."""
-        chunk = until_the_table_is_free(lambda: import_chunk(self.conn, records, self))
-        self.model.settle(chunk)
-        self.count(chunk)
+        """Records applied the careful way, a chunk at a time; all after them will be too (chunk_size)."""
+        self.model = Model()
+        for start in range(0, len(records), self.chunk_size):
+            self.count(retrying(self.conn, import_chunk, records[start : start + self.chunk_size], self))
+
+    def replay_all(self, records, progress):
+        """A dry run: every chunk replayed on the model of the table learnt at the start."""
+        for start in range(0, len(records), CHUNK_SIZE):
+            self.count(self.replay_ahead(records[start : start + CHUNK_SIZE]))
+            progress(start)
+        progress(len(records))
+        return self.totals
 
     def count(self, chunk):
         """Add what a written chunk did to the totals."""
@@ -190,7 +215,7 @@ class Importer:
 
 
 def until_the_table_is_free(work):
-    """work() under the gate, committed; on a lock timeout rolled back and tried again after a pause."""
+    """work(), which takes the gate first; on a lock timeout tried again after a pause."""
     for _ in range(LOCK_ATTEMPTS):
         try:
             return work()
@@ -200,25 +225,22 @@ def until_the_table_is_free(work):
 
 
 def import_chunk(conn, records, importer):
-    """One chunk in its own transaction, under the gate: read what is stale, replay, write, commit."""
-    model = importer.model
-    try:
-        with conn.cursor() as cur:
-            sequence_next, quiet = take_the_table(cur, importer.watch)
-            if not quiet:
-                model.forget()
-            emails, phone_numbers = model.stale(records)
-            if emails or phone_numbers:
-                model.refresh(customers_holding(cur, emails, phone_numbers), emails, phone_numbers)
-            chunk = Chunk(max(sequence_next, model.next_id), importer.started_at, importer.request_prefix)
-            model.replay(records, chunk)
-            chunk.lines = (contact_text(model, chunk), event_text(chunk.events))
-            write(cur, chunk, importer, sequence_next)
-    except LockNotAvailable:
-        raise  # before anything was read or replayed: the model still holds
-    except BaseException:
-        importer.forget_all()
-        raise
+    """One chunk in the caller's transaction, the careful way, beside other writers: its customers
+    locked and read as identify locks them (0011_import_customers_v1.sql), replayed on a model of
+    them alone, written with ids from the sequence."""
+    model = Model()
+    emails, phone_numbers = model.stale(records)
+    with conn.cursor() as cur:
+        cur.execute(QUERIES["import_durability"])
+        cur.execute(QUERIES["import_customers"], {"emails": emails, "phone_numbers": phone_numbers})
+        model.refresh(cur.fetchall(), emails, phone_numbers)
+        # Ascending, and above every row read; those the chunk does not use are never used.
+        cur.execute(QUERIES["import_new_ids"], {"n": len(records)})
+        ids = [row[0] for row in cur.fetchall()]
+        chunk = Chunk(ids[0], iter(ids), importer.started_at, importer.request_prefix)
+        model.replay(records, chunk)
+        chunk.lines = (contact_text(model, chunk), event_text(chunk.events))
+        store(cur, chunk, importer)
     return chunk
 
 
@@ -238,7 +260,9 @@ def write_ahead(conn, chunk, importer):
             cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
             conn.rollback()
             return None
-        write(cur, chunk, importer, sequence_next)
+        cur.execute(QUERIES["import_next_id"], {"next_id": chunk.next_id})
+        store(cur, chunk, importer)
+    conn.commit()
     return chunk
 
 
@@ -260,23 +284,16 @@ def customers_holding(cur, emails, phone_numbers):
     return cur.fetchall()
 
 
-def write(cur, chunk, importer, sequence_next):
-    """Stream the chunk's rows and events into the table, relink the rows it moved, commit (or, in a
-    dry run, roll back and leave the sequence where it was)."""
-    if importer.dry_run:
-        cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
-        cur.connection.rollback()
-        return
-    cur.execute(QUERIES["import_next_id"], {"next_id": chunk.next_id})
+def store(cur, chunk, importer):
+    """Stream the chunk's rows and events into the table and relink the rows it moved."""
     contacts, events = chunk.lines
     cur.copy_expert(QUERIES["import_copy_contacts"], io.StringIO(contacts), COPY_PIECE)
     cur.copy_expert(QUERIES["import_copy_events"], io.StringIO(events), COPY_PIECE)
     if chunk.relinks:
         ids, linked_ids = zip(*chunk.relinks, strict=True)
         cur.execute(QUERIES["import_relink"], {"ids": list(ids), "linked_ids": list(linked_ids)})
-    if importer.analyze_now(chunk.next_id - chunk.first_id):
+    if importer.analyze_now(len(chunk.new_ids)):
         cur.execute(QUERIES["import_analyze"])
-    cur.connection.commit()
 
 
 # COPY's text format: fields split by tabs, \N is null, and these characters escaped in a value.

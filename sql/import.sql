@@ -1,17 +1,31 @@
 -- import_gate --
--- A chunk of an import runs alone among the table's users (README, "Importing"). ACCESS EXCLUSIVE,
--- not a weaker mode: every writer (identify_v1 to v3, the batch, erasure, renormalising) reads the
--- table before it writes, so a writer let in to read while the chunk is applied would write later
--- on what it read before the chunk. Readers and writers wait for the chunk, briefly; the chunk waits
--- for whoever already uses the table to commit. Nothing else is locked first, so no deadlock: a
--- writer holding identifier locks waits on the table, and the chunk wants none of those locks.
--- lock_timeout bounds how long the chunk's queued request can hold everyone behind it (say a long
--- report holds the table): the importer then backs off and asks again.
+-- A chunk replayed ahead (identity/importing.py) is written alone among the table's users, while
+-- nobody else writes (README, "Importing"). ACCESS EXCLUSIVE, not a weaker mode: every writer
+-- (identify_v1 to v3, the batch, erasure, renormalising) reads the table before it writes, so a
+-- writer let in to read while the chunk is written would write later on what it read before it.
+-- Readers and writers wait for the chunk's COPY, briefly; the chunk waits for whoever already uses
+-- the table to commit. Nothing else is locked first, so no deadlock: a writer holding identifier
+-- locks waits on the table, and the chunk wants none of those locks. lock_timeout bounds how long
+-- the chunk's queued request can hold everyone behind it (say a long report holds the table): the
+-- importer then backs off and asks again.
 -- A chunk's commit does not wait for the WAL flush: a server crash may lose the last chunks
 -- committed (never part of one), and running the import again writes them.
 SET LOCAL lock_timeout = %(lock_timeout_ms)s;
 SET LOCAL synchronous_commit = off;
 LOCK TABLE contact IN ACCESS EXCLUSIVE MODE;
+
+-- import_durability --
+-- A careful chunk's commit does not wait for the WAL flush either (import_gate says why).
+SET LOCAL synchronous_commit = off;
+
+-- import_customers --
+-- A careful chunk's identifiers and customers locked as identify locks them; the customers' live
+-- rows: (id, email, phone number, primary id, created_at). 0011_import_customers_v1.sql explains.
+SELECT * FROM import_customers_v1(%(emails)s::text[], %(phone_numbers)s::text[]);
+
+-- import_new_ids --
+-- n ids from the contact table's own sequence, ascending, beside other writers taking theirs.
+SELECT nextval(pg_get_serial_sequence('contact', 'id')) AS id FROM generate_series(1, %(n)s) ORDER BY id;
 
 -- import_snapshot --
 -- Before the first chunk, one snapshot for all the file's values: (the next transaction id, whether
