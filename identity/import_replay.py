@@ -64,12 +64,12 @@ class Model:
         self.complete = False
 
     def stale(self, records):
-        """(emails, phone numbers) of the records not known for certain, sorted, each once."""
+        """(emails, phone numbers) of the records not known for certain, each once."""
         if self.complete:
             return [], []
         emails = {r.email for r in records if r.email is not None} - self.fresh_emails
         phones = {r.phone_number for r in records if r.phone_number is not None} - self.fresh_phones
-        return sorted(emails), sorted(phones)
+        return list(emails), list(phones)
 
     def refresh(self, rows, emails, phone_numbers):
         """Take the table's word for these values: rows are every live row of the customers holding them."""
