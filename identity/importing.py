@@ -95,10 +95,8 @@ class Watch:
     expected_xid: int | None = None
     clean: bool = False  # no other transaction was running when the import last looked
 
-    def quiet(self, cur):
-        """Under the gate: whether nobody else can have written since the last look."""
-        cur.execute(QUERIES["import_watch"])
-        xid, next_xid, others = cur.fetchone()
+    def quiet(self, xid, next_xid, others):
+        """Whether nobody else can have written since the last look, from what the gate saw."""
         quiet = self.clean and not others and xid == self.expected_xid and next_xid in (xid, xid + 1)
         self.expected_xid, self.clean = xid + 1, not others
         return quiet
@@ -290,9 +288,8 @@ def take_the_table(cur, watch):
     except LockNotAvailable:
         cur.connection.rollback()
         raise
-    quiet = watch.quiet(cur)
-    cur.execute(QUERIES["import_first_id"])
-    return cur.fetchone()[0], quiet
+    xid, next_xid, others, sequence_next = cur.fetchone()
+    return sequence_next, watch.quiet(xid, next_xid, others)
 
 
 def customers_holding(cur, emails, phone_numbers):

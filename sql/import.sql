@@ -10,9 +10,18 @@
 -- importer then backs off and asks again.
 -- A chunk's commit does not wait for the WAL flush: a server crash may lose the last chunks
 -- committed (never part of one), and running the import again writes them.
+-- Then, in the same round trip (each is a moment the writer thread waits for the GIL): our
+-- transaction id, the next id as our snapshot has it, whether any other transaction is running, and
+-- the sequence's next id. When ours is the only transaction id handed out since the import last
+-- looked and nobody else was or is running, nobody else can have written since
+-- (identity.importing.Watch).
 SET LOCAL lock_timeout = %(lock_timeout_ms)s;
 SET LOCAL synchronous_commit = off;
 LOCK TABLE contact IN ACCESS EXCLUSIVE MODE;
+SELECT x::text::bigint, pg_snapshot_xmax(s)::text::bigint,
+       EXISTS (SELECT FROM pg_snapshot_xip(s) other WHERE other <> x),
+       nextval(pg_get_serial_sequence('contact', 'id'))
+FROM pg_current_xact_id() x, pg_current_snapshot() s;
 
 -- import_durability --
 -- A careful chunk's commit does not wait for the WAL flush either (import_gate says why).
@@ -37,14 +46,6 @@ SELECT pg_snapshot_xmax(s)::text::bigint,
        EXISTS (SELECT FROM contact WHERE deleted_at IS NULL),
        coalesce(pg_sequence_last_value(pg_get_serial_sequence('contact', 'id')), 0) + 1
 FROM pg_current_snapshot() s;
-
--- import_watch --
--- Under the gate: (our transaction id, the next id as our snapshot has it, whether any other
--- transaction is running). When ours is the only id handed out since the import last looked and
--- nobody else was or is running, nobody else can have written since (identity.importing.Watch).
-SELECT x::text::bigint, pg_snapshot_xmax(s)::text::bigint,
-       EXISTS (SELECT FROM pg_snapshot_xip(s) other WHERE other <> x)
-FROM pg_current_xact_id() x, pg_current_snapshot() s;
 
 -- import_customers_holding --
 -- Every live row of the customers holding any of the values (all of a file's, before the first
@@ -71,10 +72,6 @@ WHERE c.deleted_at IS NULL;
 -- import_analyze --
 -- The planner's statistics of a table the import is growing (autovacuum may be off, or late).
 ANALYZE contact;
-
--- import_first_id --
--- The first id the chunk may give; under the gate nobody else takes ids from the sequence.
-SELECT nextval(pg_get_serial_sequence('contact', 'id'));
 
 -- import_next_id --
 -- The sequence moved to the first id the chunk left unused: past its rows, or back where it was.
