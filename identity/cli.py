@@ -227,10 +227,12 @@ def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run):
         conn = psycopg2.connect(current_app.config["DATABASE_URL"])
         try:
             with progress_reporter(len(records)) as progress:
-                summary.counts = importing.reconcile(conn, records, dry_run, progress)
+                summary.counts, ways = importing.reconcile(conn, records, dry_run, progress)
         finally:
             conn.close()
     summary.seconds = time.monotonic() - started
+    # Whether it ran alone (README, "Importing"): stderr, as progress, so the summary line stays last.
+    click.echo(f"chunks: {ways['ahead']} replayed ahead, {ways['careful']} the careful way", err=True)
     click.echo(("dry run, nothing written: " if dry_run else "") + summary.line())
     sys.exit(1 if rejects and not allow_rejects else 0)
 

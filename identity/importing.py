@@ -66,7 +66,8 @@ class Summary:
 
 
 def reconcile(conn, records, dry_run=False, progress=lambda done: None):
-    """Apply the records in order, CHUNK_SIZE per transaction; the counts of what they did.
+    """Apply the records in order, a chunk per transaction; (the counts of what they did, the chunks
+    replayed ahead and applied the careful way).
 
     While one chunk is being written (by a thread, which waits on the server with the GIL released),
     the next is replayed ahead, on the model as the written one leaves it. If the writer finds that
@@ -76,10 +77,11 @@ def reconcile(conn, records, dry_run=False, progress=lambda done: None):
     importer = Importer(conn, datetime.now(UTC), dry_run)
     importer.learn(records)
     if dry_run:
-        return importer.replay_all(records, progress)
-    importer.apply_all(records, progress)
-    importer.analyze_if_grown()
-    return importer.totals
+        importer.replay_all(records, progress)
+    else:
+        importer.apply_all(records, progress)
+        importer.analyze_if_grown()
+    return importer.totals, importer.ways
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Importer:
     written_rows: int = 0
     analyzed_rows: int = 0  # written when the import last ran ANALYZE
     totals: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
+    ways: dict = field(default_factory=lambda: {"ahead": 0, "careful": 0})  # chunks, by how they went in
 
     @property
     def chunk_size(self):
@@ -182,7 +185,7 @@ class Importer:
             self.forget_all()
             self.apply(records)
             return False
-        self.count(chunk)
+        self.count(chunk, "ahead")
         return True
 
     def forget_all(self):
@@ -194,19 +197,20 @@ class Importer:
         """Records applied the careful way, a chunk at a time; all after them will be too (chunk_size)."""
         self.model = Model()
         for start in range(0, len(records), self.chunk_size):
-            self.count(retrying(self.conn, import_chunk, records[start : start + self.chunk_size], self))
+            chunk = retrying(self.conn, import_chunk, records[start : start + self.chunk_size], self)
+            self.count(chunk, "careful")
 
     def replay_all(self, records, progress):
         """A dry run: every chunk replayed on the model of the table learnt at the start."""
         for start in range(0, len(records), CHUNK_SIZE):
-            self.count(self.replay_ahead(records[start : start + CHUNK_SIZE]))
+            self.count(self.replay_ahead(records[start : start + CHUNK_SIZE]), "ahead")
             progress(start)
         progress(len(records))
-        return self.totals
 
-    def count(self, chunk):
-        """Add what a written chunk did to the totals."""
+    def count(self, chunk, way):
+        """Add what a written chunk did to the totals, and the way it went in."""
         self.totals = {name: self.totals[name] + chunk.counts[name] for name in self.totals}
+        self.ways[way] += 1
 
     def analyze_if_grown(self):
         """ANALYZE, in a transaction of its own, if rows were written since the last one."""

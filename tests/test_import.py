@@ -205,8 +205,8 @@ def test_a_chunk_replayed_ahead_of_a_live_write_is_applied_again_from_the_table(
     monkeypatch.setattr(importing, "CHUNK_SIZE", 2)
     real_count = importing.Importer.count
 
-    def then_a_live_request(importer, chunk):
-        real_count(importer, chunk)  # called once a chunk is committed, whichever way it went in
+    def then_a_live_request(importer, chunk, way):
+        real_count(importer, chunk, way)  # called once a chunk is committed, whichever way it went in
         if chunk.first_id == 1:
             assert client.post("/identify", json=live).status_code == 200
 

@@ -415,7 +415,8 @@ def timed_import(url, path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return seconds, peak, done.stdout.strip().splitlines()[-1]
+    ways = [line for line in done.stderr.splitlines() if line.startswith("chunks:")]
+    return seconds, peak, f"{done.stdout.strip().splitlines()[-1]} ({ways[-1]})"
 
 
 def checkout_during_import(url, path, customers):
