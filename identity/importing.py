@@ -12,8 +12,6 @@ nothing, so a second import, or one re-run after a kill, completes without doubl
 
 import io
 import itertools
-import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,17 +31,12 @@ CHUNK_SIZE = 10_000
 CAREFUL_CHUNK_SIZE = 2_000
 # The first ANALYZE of a table careful chunks fill (Importer.analyze_now).
 ANALYZE_AFTER_ROWS = 10_000
-# How long a chunk's request for the table may keep the requests queued behind it waiting, and how
-# often it asks again (with a random pause of up to a second) before the import gives up.
+# How long a chunk replayed ahead may wait for the table, keeping the requests queued behind its
+# request waiting too; past it (a long report holds the table) the careful way takes over.
 LOCK_TIMEOUT_MS = 200
-LOCK_ATTEMPTS = 300
 # COPY sends the chunk's text in pieces this large: each piece is a moment the writer thread needs
 # the GIL, which the replaying thread may hold for up to the switch interval.
 COPY_PIECE = 1 << 20
-
-
-class TableBusy(Exception):
-    """Another transaction kept the contact table for every attempt to take it."""
 
 
 @dataclass
@@ -233,16 +226,6 @@ class Importer:
         return True
 
 
-def until_the_table_is_free(work):
-    """work(), which takes the gate first; on a lock timeout tried again after a pause."""
-    for _ in range(LOCK_ATTEMPTS):
-        try:
-            return work()
-        except LockNotAvailable:
-            time.sleep(random.uniform(0, 1))  # random, so that two importers do not meet again
-    raise TableBusy(f"the contact table stayed busy through {LOCK_ATTEMPTS} attempts to take it")
-
-
 def import_chunk(conn, records, importer):
     """One chunk in the caller's transaction, the careful way, beside other writers: its customers
     locked and read as identify locks them (0011_import_customers_v1.sql), replayed on a model of
@@ -264,16 +247,17 @@ def import_chunk(conn, records, importer):
 
 
 def write_chunk(conn, chunk, importer):
-    """The writer thread: a chunk replayed ahead, written and committed; None, rolled back, if it was
-    replayed on what is no longer so (someone else wrote, or took ids, since)."""
-    return until_the_table_is_free(lambda: write_ahead(conn, chunk, importer))
-
-
-def write_ahead(conn, chunk, importer):
-    """write_chunk's one attempt."""
+    """The writer thread: a chunk replayed ahead, written and committed; None, rolled back, if the
+    table was not the import's to take within lock_timeout, or it was replayed on what is no longer
+    so (someone else wrote, or took ids, since). Either way the careful way takes over."""
     with conn.cursor() as cur:
-        sequence_next, quiet = take_the_table(cur, importer.watch)
-        if not quiet or sequence_next > chunk.first_id:
+        try:
+            cur.execute(QUERIES["import_gate"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
+        except LockNotAvailable:
+            conn.rollback()
+            return None
+        xid, next_xid, others, sequence_next = cur.fetchone()
+        if not importer.watch.quiet(xid, next_xid, others) or sequence_next > chunk.first_id:
             # The sequence is not transactional: put back the id taken, so the chunk applied
             # again gets the ids it would have had.
             cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
@@ -283,17 +267,6 @@ def write_ahead(conn, chunk, importer):
         store(cur, chunk, importer)
     conn.commit()
     return chunk
-
-
-def take_the_table(cur, watch):
-    """Take the gate; (the sequence's next id, whether nobody else can have written since the last look)."""
-    try:
-        cur.execute(QUERIES["import_gate"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
-    except LockNotAvailable:
-        cur.connection.rollback()
-        raise
-    xid, next_xid, others, sequence_next = cur.fetchone()
-    return sequence_next, watch.quiet(xid, next_xid, others)
 
 
 def customers_holding(cur, emails, phone_numbers):

@@ -7,7 +7,7 @@
 -- the table to commit. Nothing else is locked first, so no deadlock: a writer holding identifier
 -- locks waits on the table, and the chunk wants none of those locks. lock_timeout bounds how long
 -- the chunk's queued request can hold everyone behind it (say a long report holds the table): the
--- importer then backs off and asks again.
+-- import then goes on the careful way, which takes no table lock.
 -- A chunk's commit does not wait for the WAL flush: a server crash may lose the last chunks
 -- committed (never part of one), and running the import again writes them.
 -- Then, in the same round trip (each is a moment the writer thread waits for the GIL): our

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import psycopg2
 import pytest
 from helpers import recorded_events
 from hypothesis import HealthCheck, given, settings
@@ -220,6 +221,24 @@ def test_a_chunk_replayed_ahead_of_a_live_write_is_applied_again_from_the_table(
     assert_primaries_are_oldest(grouped)
     sent = [(r["email"], r["phoneNumber"]) for r in records] + [(live["email"], live["phoneNumber"])]
     assert_customers_are_components(grouped, components(sent))
+
+
+def test_an_import_meeting_a_long_report_goes_in_the_careful_way_beside_it(
+    client, runner, conn, database_url, tmp_path
+):
+    records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 2)} for n in range(6)], range(6))
+    expected = posted_in_order(client, conn, records)
+    empty(conn)
+    report = psycopg2.connect(database_url)
+    try:
+        with report.cursor() as cur:
+            cur.execute("SELECT count(*) FROM contact")  # holds ACCESS SHARE until it ends
+        result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    finally:
+        report.close()
+    assert result.exit_code == 0, result.output
+    assert "chunks: 0 replayed ahead, 1 the careful way" in result.output
+    assert (table(conn), recorded_events(conn)) == expected
 
 
 def test_rejects_exit_codes_dry_run_and_stdin(runner, conn, tmp_path):
