@@ -1,13 +1,14 @@
 """`flask import-contacts`: a history of records reconciled chunk by chunk, as /identify would have.
 
 Design (README, "Importing"): the file is read and normalised in Python (identity.import_records)
-and sorted into the order the records apply. Before the first chunk, one snapshot tells which of
-the file's values the table holds, and the rows of their customers (none at all for an empty
-table). Then each chunk is one transaction that takes the table for itself (the gate, sql/import.sql
-says why ACCESS EXCLUSIVE), re-reads only the values someone else may have changed since the import
-last looked (Watch), replays its records in memory with identify's rules (identity.import_replay)
-and streams the new rows and their events into the table with COPY. Records already known write
-nothing, so a second import, or one re-run after a kill, completes without doubling anything.
+and sorted into the order the records apply. One snapshot then reads the customers holding any of
+the file's values into a model of the table (identity.import_replay). While the import runs alone,
+each chunk is replayed ahead on that model and written by a thread under the gate (ACCESS
+EXCLUSIVE, sql/import.sql says why), once transaction ids show nobody else wrote since the last
+look (Watch). From the first sign of another writer on, chunks go in the careful way: each one's
+customers locked and read as identify locks them, then replayed and written. Records already
+known write nothing, so a second import, or one re-run after a kill, completes without doubling
+anything.
 """
 
 import io
