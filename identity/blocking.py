@@ -75,6 +75,11 @@ class Blocklist:
         """Whether value (normalised) of kind is blocked."""
         return value in self.exact[kind] or any(p.fullmatch(value) for p in self.patterns[kind])
 
+    @property
+    def empty(self):
+        """Whether it blocks nothing at all (a fresh install's list)."""
+        return not any(self.exact.values()) and not any(self.patterns.values())
+
 
 # What re.compile gives a pattern without inline flags: one with them cannot join an alternation.
 PLAIN_FLAGS = re.compile("").flags

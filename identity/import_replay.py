@@ -64,15 +64,20 @@ class Model:
         self.complete = False
 
     def stale(self, records):
-        """(emails, phone numbers) of the records not known for certain, each once."""
+        """({emails}, {phone numbers}) of the records not known for certain."""
         if self.complete:
             return [], []
         emails = {r.email for r in records if r.email is not None} - self.fresh_emails
         phones = {r.phone_number for r in records if r.phone_number is not None} - self.fresh_phones
-        return list(emails), list(phones)
+        return emails, phones
 
     def refresh(self, rows, emails, phone_numbers):
         """Take the table's word for these values: rows are every live row of the customers holding them."""
+        if not rows and not self.primary_of:
+            # Nothing known, nothing held (an empty table): each value is known to be held by nobody.
+            self.fresh_emails |= emails
+            self.fresh_phones |= phone_numbers
+            return
         old = {self.primary_of[row[0]] for row in rows if row[0] in self.primary_of}
         old |= {self.email_customer.get(e) for e in emails} | {
             self.phone_customer.get(p) for p in phone_numbers
