@@ -55,7 +55,9 @@ class Model:
     members: dict = field(default_factory=dict)  # primary id -> [row ids]
     fresh_emails: set = field(default_factory=set)
     fresh_phones: set = field(default_factory=set)
-    complete: bool = False  # every value of the import is fresh, as learnt before the first chunk
+    # The model knows every value of the import for certain, from the snapshot read before the first
+    # chunk (when the table was empty, without a value in the fresh sets).
+    complete: bool = False
     next_id: int = 1  # past every id the model holds
 
     def forget(self):

@@ -126,14 +126,17 @@ class Importer:
         return f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line "
 
     def learn(self, records):
-        """Read, in one snapshot, the customers holding any of the records' values."""
-        emails, phone_numbers = self.model.stale(records)
+        """Read, in one snapshot, the customers holding any of the records' values.
+
+        A table with no live row holds none of them: the model, empty, already knows it all.
+        """
         with self.conn.cursor() as cur:
             cur.execute(QUERIES["import_snapshot"])
             next_xid, others, has_rows, next_id = cur.fetchone()
-            rows = customers_holding(cur, emails, phone_numbers) if has_rows else []
+            if has_rows:
+                emails, phone_numbers = self.model.stale(records)
+                self.model.refresh(customers_holding(cur, emails, phone_numbers), emails, phone_numbers)
         self.conn.rollback()
-        self.model.refresh(rows, emails, phone_numbers)
         self.model.complete = True
         self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
