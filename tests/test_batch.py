@@ -58,6 +58,51 @@ def test_batches_answer_and_write_as_the_items_posted_one_by_one(client, conn, i
     assert (answers, real_table(conn), recorded_events(conn)) == expected
 
 
+ALICE, BOB = {"email": "alice@x.io", "phoneNumber": "111"}, {"email": "bob@x.io", "phoneNumber": "222"}
+# Customers Alice and Bob exist before the batch; in each batch an item that changes nothing on its own
+# (Bob's values, which Bob already holds) comes after, or before, an item that changes Bob's customer.
+TOUCHED_BEFORE = {
+    "merged_directly": [ALICE | {"phoneNumber": "222"}, BOB],
+    "merged_through_a_value_the_batch_adds": [
+        ALICE | {"phoneNumber": "333"},  # Alice gains 333
+        {"email": "bob@x.io", "phoneNumber": "333"},  # so Bob's email joins Bob to Alice
+        {"email": None, "phoneNumber": "222"},
+    ],
+    "merged_through_a_new_customer": [
+        {"email": "carol@x.io", "phoneNumber": "444"},  # a new customer
+        {"email": "carol@x.io", "phoneNumber": "222"},  # Bob gains carol's email by a merge
+        {"email": "carol@x.io", "phoneNumber": "111"},  # and then Alice's customer
+        BOB,
+    ],
+    "gains_a_secondary": [BOB | {"email": "robert@x.io"}, BOB],
+    "merged_after": [BOB, ALICE | {"phoneNumber": "222"}, BOB],
+    "unrelated_change_before": [{"email": "carol@x.io", "phoneNumber": "444"}, BOB, ALICE],
+}
+
+
+@pytest.mark.parametrize("items", TOUCHED_BEFORE.values(), ids=TOUCHED_BEFORE)
+def test_an_item_that_changes_nothing_sees_what_earlier_items_did_to_its_customer(client, conn, items):
+    expected = single_answers(client, conn, [ALICE, BOB, *items])
+    empty(conn)
+    answers = [client.post("/identify", json=item).get_json()["contact"] for item in (ALICE, BOB)]
+    status, body = batch(client, items)
+    assert status == 200, body
+    assert (answers + body["contacts"], real_table(conn), recorded_events(conn)) == expected
+
+
+def test_items_that_change_nothing_record_nothing_and_the_others_their_index(client, conn):
+    batch(client, [ALICE, BOB])
+    response = client.post(
+        "/identify/batch",
+        json={"contacts": [BOB, ALICE | {"phoneNumber": "222"}, ALICE, BOB]},
+        headers={"X-Request-ID": "rid"},
+    )
+    assert response.status_code == 200
+    with conn.cursor() as cur:
+        cur.execute("SELECT request_id, kind FROM contact_event WHERE request_id LIKE 'rid%' ORDER BY id")
+        assert cur.fetchall() == [("rid.1", "merged")]
+
+
 def test_a_later_item_sees_the_earlier_ones(client, conn):
     status, body = batch(client, ORDERS[:2])
     assert status == 200
