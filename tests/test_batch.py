@@ -4,13 +4,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import make_app
+from flask import Flask
 from helpers import recorded_events
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from marshmallow import ValidationError, fields
+from marshmallow.validate import Length
 from test_model import GEORGE_AND_BIFF, MERGE_RELINKS_SECONDARIES, bodies, real_table
 from test_security import KEYS, bearer
 
 from identity import repository
+from identity.schemas import BATCH_SIZE, MAX_BATCH_ITEMS, IdentifyBatchRequest, IdentifyRequest
 
 ORDERS = [
     {"email": "lorraine@hillvalley.edu", "phoneNumber": "123456"},
@@ -101,6 +105,58 @@ def test_items_that_change_nothing_record_nothing_and_the_others_their_index(cli
     with conn.cursor() as cur:
         cur.execute("SELECT request_id, kind FROM contact_event WHERE request_id LIKE 'rid%' ORDER BY id")
         assert cur.fetchall() == [("rid.1", "merged")]
+
+
+class SchemaPerItem(IdentifyBatchRequest):
+    """The batch's schema as it was: IdentifyRequest loading each item."""
+
+    contacts = fields.List(
+        fields.Nested(IdentifyRequest), required=True, validate=Length(1, MAX_BATCH_ITEMS, error=BATCH_SIZE)
+    )
+
+
+def loaded(schema, body):
+    """("loaded", what schema loads from body) or ("refused", its messages)."""
+    try:
+        return "loaded", schema.load(body)
+    except ValidationError as error:
+        return "refused", error.messages
+
+
+json_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**21),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["a@b.c", " A@B.C ", "x@", "ＪＯＨＮ@shop.in", "123456", "+1 (555) 010-9999", "", " ", "98765 43210"]
+    ),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+batch_items = st.one_of(
+    st.fixed_dictionaries(
+        {}, optional={"email": json_values, "phoneNumber": json_values, "other": json_values}
+    ),
+    json_values,
+)
+batch_bodies = st.one_of(
+    st.fixed_dictionaries({"contacts": st.one_of(st.lists(batch_items, max_size=4), json_values)}),
+    json_values,
+)
+
+
+@pytest.mark.parametrize("region", ["", "IN"])
+@settings(max_examples=300, deadline=None)
+@given(body=batch_bodies)
+@example(body={"contacts": [{"email": "a@b.c"}, {"phoneNumber": 12}]})
+@example(body={"contacts": [{"email": "a@b.c"}, {"phoneNumber": True}, None, 7, {}]})
+def test_items_load_and_are_refused_exactly_as_by_a_schema_per_item(region, body):
+    app = Flask(__name__)
+    app.config["PHONE_REGION"] = region
+    with app.app_context():
+        assert loaded(IdentifyBatchRequest(), body) == loaded(SchemaPerItem(), body)
 
 
 def test_a_later_item_sees_the_earlier_ones(client, conn):
