@@ -82,7 +82,7 @@ def identify_batch(conn, items, request_id=None, limits=NO_LIMITS):
     }
     with conn.cursor() as cur:
         cur.execute(QUERIES["identify_batch"], params)
-        return [Outcome(**outcome) for _, outcome in cur.fetchall()]
+        return [Outcome(**outcome) for outcome in cur.fetchone()[0]]
 
 
 def ping(conn):

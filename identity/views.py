@@ -184,7 +184,8 @@ def batch_body_limit(view):
 )
 def identify_batch(wanted):
     """Link each item's contact details in order, in one transaction, and answer with each customer."""
-    items = [usable_item(index, item) for index, item in enumerate(wanted["contacts"])]
+    blocklist = blocking.current_blocklist()
+    items = [usable_item(blocklist, index, item) for index, item in enumerate(wanted["contacts"])]
     rate_limit.charge(len(items) - 1)
     limits = current_app.extensions["identity_limits"]
     outcomes = db.run(repository.identify_batch, items, g.request_id, limits)
@@ -193,10 +194,10 @@ def identify_batch(wanted):
     return {"contacts": [outcome.contact for outcome in outcomes]}
 
 
-def usable_item(index, item):
+def usable_item(blocklist, index, item):
     """item with its blocked values made absent; 422 naming its index when it carried only those."""
     try:
-        return blocking.usable(item)
+        return blocking.usable_under(blocklist, item)
     except BlockedValue:
         raise BlockedValue(blocked_item_message(index)) from None
 
