@@ -297,3 +297,38 @@ def test_lookups_read_contacts_only_through_indexes(big_database_url, fresh, loo
             assert must_use | {"contact_linked_id_idx"} <= indexes(plans), f"{values} ran:\n{describe(plans)}"
     finally:
         conn.close()
+
+
+# The batch's own statements (0013_identify_batch_v3.sql), each known by a fragment of its text.
+BATCH_STATEMENTS = {
+    "batch plan": "first_change AS",
+    "lock customers": "ORDER BY c.id\n          FOR UPDATE",
+    "customers' json": "WITH ORDINALITY AS w (id, n)",
+}
+
+
+def batch_of_every_path(fresh):
+    """One item of each path of PATHS, and an item that changes nothing after one that merges its customer."""
+    items = [request(fresh) for _, request in PATHS.values()]
+    merging, older = items[-1], next(fresh)
+    items += [(email(older), merging[1]), (email(older), phone(older))]
+    return [{"email": mail, "phone_number": number} for mail, number in items]
+
+
+def test_the_batch_reads_contacts_only_through_indexes(big_database_url, fresh):
+    """A batch's statements, and identify_v3's inside it, scan contact only through indexes."""
+    conn = explaining_connection(big_database_url)
+    try:
+        for _ in range(RUNS):
+            items = batch_of_every_path(fresh)
+            plans = run_explained(conn, repository.identify_batch, items)
+            offenders = [plan for plan in plans if unindexed_scans(plan)]
+            assert not offenders, f"{items} scanned contact without an index:\n{describe(offenders)}"
+            texts = " ".join(plan["Query Text"] for plan in plans)
+            assert all(text in texts for text in BATCH_STATEMENTS.values()), describe(plans)
+            # identify_v3 is called as an expression, which auto_explain does not see; its statements are.
+            assert (JOIN - {"identify"}) | {"insert primary", "insert secondary", "demote"} <= statements(
+                plans
+            )
+    finally:
+        conn.close()
