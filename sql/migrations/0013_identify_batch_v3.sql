@@ -147,7 +147,9 @@ DECLARE
     fast json[];
 BEGIN
     PERFORM lock_identifiers_v2(p_emails, p_phone_numbers);
-    -- A new snapshot, under all the identifier locks; then the customers it found, frozen.
+    -- A new snapshot, under all the identifier locks; then the customers it found, frozen. What it
+    -- read of them still holds once they are locked: nobody else adds or removes a row with one of
+    -- the batch's values, and a holder merged into another or deleted meanwhile fails lock_primaries_v1.
     plan := batch_plan_v1(p_emails, p_phone_numbers);
     PERFORM lock_primaries_v1(plan.holder_ids);
     fast := customer_json_each_v1(plan.fast_ids);
