@@ -29,7 +29,7 @@ SELECT customer_json_v1(m.primary_id)
 FROM matching_customers_v1(%(email)s, %(phone_number)s) m;
 
 -- identify_batch --
--- Reconcile many checkouts in order, in one transaction; see sql/migrations/0013_identify_batch_v3.sql.
+-- Reconcile many checkouts in order, in one transaction; see sql/migrations/0012_identify_batch_v3.sql.
 -- The outcomes in one json array, in the items' order: one value for the driver to parse, not a row each.
 SELECT json_agg(outcome ORDER BY item)
 FROM identify_batch_v3(%(emails)s::text[], %(phone_numbers)s::text[], %(request_id)s, %(limits)s);

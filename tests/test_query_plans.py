@@ -299,7 +299,7 @@ def test_lookups_read_contacts_only_through_indexes(big_database_url, fresh, loo
         conn.close()
 
 
-# The batch's own statements (0013_identify_batch_v3.sql), each known by a fragment of its text.
+# The batch's own statements (0012_identify_batch_v3.sql), each known by a fragment of its text.
 BATCH_STATEMENTS = {
     "batch plan": "first_change AS",
     "lock customers": "ORDER BY c.id\n          FOR UPDATE",
