@@ -25,8 +25,8 @@ from identity.import_replay import Chunk, Model
 from identity.queries import QUERIES
 from identity.retrying import retrying
 
-# Records per chunk: a chunk replayed ahead holds the table only to write (about a tenth of a
-# second on the benchmark machine, README "Importing"), and a million records take a hundred chunks.
+# Records per chunk: a chunk replayed ahead holds the table only to write (about 60 ms on the
+# benchmark machine, README "Importing"), and a million records take a hundred chunks.
 CHUNK_SIZE = 10_000
 # Chunks applied the careful way, beside other writers: 2,000 records take at most 4,000 advisory
 # locks, inside a default server's shared lock table (max_locks_per_transaction 64 x
