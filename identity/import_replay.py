@@ -68,7 +68,7 @@ class Model:
     def stale(self, records):
         """({emails}, {phone numbers}) of the records not known for certain."""
         if self.complete:
-            return [], []
+            return set(), set()
         emails = {r.email for r in records if r.email is not None} - self.fresh_emails
         phones = {r.phone_number for r in records if r.phone_number is not None} - self.fresh_phones
         return emails, phones
