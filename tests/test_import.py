@@ -129,6 +129,25 @@ def test_an_older_imported_record_becomes_the_primary_of_a_populated_customer(cl
     assert "customers merged: 1" in result.output
 
 
+def test_a_dry_run_counts_what_the_import_then_does_and_writes_nothing(client, runner, conn, tmp_path):
+    client.post("/identify", json={"email": "doc@hv.edu", "phoneNumber": "123456"})
+    client.post("/identify", json={"email": "marty@hv.edu", "phoneNumber": "919191"})
+    records = timed(
+        [{"email": "doc@hv.edu", "phoneNumber": "919191"}, {"email": "biff@hv.edu", "phoneNumber": "1"}]
+        + [{"email": "biff@hv.edu", "phoneNumber": "2"}, {"email": "doc@hv.edu"}],
+        range(4),
+    )
+    path = jsonl(tmp_path / "h.jsonl", records)
+    before = (table(conn), recorded_events(conn))
+    dry = run_import(runner, path, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert (table(conn), recorded_events(conn)) == before
+    real = run_import(runner, path)
+    assert real.exit_code == 0, real.output
+    counts = "primaries created: 1, secondaries created: 1, customers merged: 1"
+    assert counts in dry.output and counts in real.output
+
+
 def test_an_imported_merge_is_recorded_as_the_evidence_of_its_link(client, runner, conn, tmp_path):
     records = timed(
         [
