@@ -8,11 +8,10 @@ every other row linked straight to it (never a chain). Limits per customer do no
 Each new contact and each merge is recorded as an event, as identify_v2 records it, so the history
 and the path of a customer (identity/explain.py) see imported links too.
 
-The model lasts the whole import: the rows of every customer holding a value the import has met,
-as the table has them. A value is *fresh* while the model knows for certain who holds it, or that
-nobody does; identity.importing reads the stale values of a chunk from the table before replaying
-it, and makes every value stale (forget) when someone else may have written since it last looked.
-New rows get their real ids as they are made: the chunk reserves them from the table's sequence.
+A model holds the rows of every customer holding one of the values it was loaded for, as the table
+has them, and so knows who holds each of those values, or that nobody does: identity.importing
+loads one for the whole file while the import runs alone, and one per chunk the careful way. New
+rows get their real ids as they are made, from ids the chunk has from the table's sequence.
 """
 
 from dataclasses import dataclass, field
@@ -41,9 +40,15 @@ class Chunk:
         return self.new_ids[-1] + 1 if self.new_ids else self.first_id
 
 
+def values_of(records):
+    """({emails}, {phone numbers}) the records carry."""
+    emails = {record.email for record in records if record.email is not None}
+    return emails, {record.phone_number for record in records if record.phone_number is not None}
+
+
 @dataclass
 class Model:
-    """The customers the import knows, row by row, and which of their values it knows for certain."""
+    """The customers holding the values it was loaded for, row by row, as the table has them."""
 
     # value -> the primary of the customer holding it: a record's customers in one lookup per value
     email_customer: dict = field(default_factory=dict)
@@ -53,70 +58,14 @@ class Model:
     created_at: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)  # row id -> (email, phone number)
     members: dict = field(default_factory=dict)  # primary id -> [row ids]
-    fresh_emails: set = field(default_factory=set)
-    fresh_phones: set = field(default_factory=set)
-    # The model knows every value of the import for certain, from the snapshot read before the first
-    # chunk (when the table was empty, without a value in the fresh sets).
-    complete: bool = False
     next_id: int = 1  # past every id the model holds
 
-    def forget(self):
-        """Someone else may have written: no value is known for certain any more."""
-        self.fresh_emails, self.fresh_phones = set(), set()
-        self.complete = False
-
-    def stale(self, records):
-        """({emails}, {phone numbers}) of the records not known for certain."""
-        if self.complete:
-            return set(), set()
-        emails = {r.email for r in records if r.email is not None} - self.fresh_emails
-        phones = {r.phone_number for r in records if r.phone_number is not None} - self.fresh_phones
-        return emails, phones
-
-    def refresh(self, rows, emails, phone_numbers):
-        """Take the table's word for these values: rows are every live row of the customers holding them."""
-        if not rows and not self.primary_of:
-            # Nothing known, nothing held (an empty table): each value is known to be held by nobody.
-            self.fresh_emails |= emails
-            self.fresh_phones |= phone_numbers
-            return
-        old = {self.primary_of[row[0]] for row in rows if row[0] in self.primary_of}
-        old |= {self.email_customer.get(e) for e in emails} | {
-            self.phone_customer.get(p) for p in phone_numbers
-        }
-        for primary in old - {None}:
-            self.drop(primary)
-        for email in emails:
-            self.email_customer.pop(email, None)
-        for phone in phone_numbers:
-            self.phone_customer.pop(phone, None)
-        for row in rows:
-            self.add_stored(*row)
-        self.fresh_emails.update(emails)
-        self.fresh_phones.update(phone_numbers)
-
-    def drop(self, primary):
-        """Forget a customer's rows, and that its values were held by them."""
-        for row in self.members.pop(primary, ()):
-            email, phone = self.values.pop(row)
-            if self.email_customer.get(email) == primary:
-                del self.email_customer[email]
-                self.fresh_emails.discard(email)
-            if self.phone_customer.get(phone) == primary:
-                del self.phone_customer[phone]
-                self.fresh_phones.discard(phone)
-            for known in (self.primary_of, self.stored, self.created_at):
-                known.pop(row, None)
-
-    def add_stored(self, row, email, phone_number, primary, created_at):
-        """A row as the table has it."""
-        self.add(row, email, phone_number, primary, created_at)
-        self.stored[row] = primary
-        if email is not None:
-            self.fresh_emails.add(email)
-        if phone_number is not None:
-            self.fresh_phones.add(phone_number)
-        self.next_id = max(self.next_id, row + 1)
+    def load(self, rows):
+        """The rows as the table has them: (id, email, phone number, primary id, created_at)."""
+        for row, email, phone_number, primary, created_at in rows:
+            self.add(row, email, phone_number, primary, created_at)
+            self.stored[row] = primary
+            self.next_id = max(self.next_id, row + 1)
 
     def add(self, row, email, phone_number, primary, created_at):
         """A row of primary's customer, holding its values."""

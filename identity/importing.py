@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from psycopg2.errors import LockNotAvailable
 
-from identity.import_replay import Chunk, Model
+from identity.import_replay import Chunk, Model, values_of
 from identity.queries import QUERIES
 from identity.retrying import retrying
 
@@ -87,8 +87,8 @@ class Watch:
 
     Writing takes a transaction id. When the only id handed out since the import last looked is
     the current chunk's own, and no other transaction was running then or is now, nobody else can
-    have written: what the import knows still holds. Otherwise it forgets it all and reads again
-    (slower, never wrong). Ids are the whole server's, so any write anywhere counts.
+    have written: what the import knows still holds. Otherwise the careful way takes over (slower,
+    never wrong). Ids are the whole server's, so any write anywhere counts.
     """
 
     expected_xid: int | None = None
@@ -110,6 +110,7 @@ class Importer:
     dry_run: bool
     model: Model = field(default_factory=Model)
     watch: Watch = field(default_factory=Watch)
+    careful: bool = False  # from the first sign of another writer on, every chunk goes the careful way
     written_rows: int = 0
     analyzed_rows: int = 0  # written when the import last ran ANALYZE
     totals: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
@@ -118,15 +119,15 @@ class Importer:
     @property
     def chunk_size(self):
         """Records in the next chunk: fewer once chunks are applied the careful way."""
-        return CHUNK_SIZE if self.model.complete else min(CHUNK_SIZE, CAREFUL_CHUNK_SIZE)
+        return min(CHUNK_SIZE, CAREFUL_CHUNK_SIZE) if self.careful else CHUNK_SIZE
 
     @property
-    def request_prefix(self):
-        """The events' request id, less the record's line."""
-        return f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line "
+    def event_source(self):
+        """(the time of records without createdAt, the events' request id less the record's line)."""
+        return self.started_at, f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line "
 
     def learn(self, records):
-        """Read, in one snapshot, the customers holding any of the records' values.
+        """Load the model, in one snapshot, with the customers holding any of the records' values.
 
         A table with no live row holds none of them: the model, empty, already knows it all.
         """
@@ -134,10 +135,8 @@ class Importer:
             cur.execute(QUERIES["import_snapshot"])
             next_xid, others, has_rows, next_id = cur.fetchone()
             if has_rows:
-                emails, phone_numbers = self.model.stale(records)
-                self.model.refresh(customers_holding(cur, emails, phone_numbers), emails, phone_numbers)
+                self.model.load(customers_holding(cur, *values_of(records)))
         self.conn.rollback()
-        self.model.complete = True
         self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
 
@@ -149,7 +148,7 @@ class Importer:
             while start < len(records):
                 batch = records[start : start + self.chunk_size]
                 start += len(batch)
-                ahead = self.replay_ahead(batch)
+                ahead = None if self.careful else self.replay_ahead(batch)
                 if in_flight and not self.written(*in_flight):
                     ahead = None  # replayed on what the table turned out not to be
                 if ahead is None:
@@ -163,14 +162,9 @@ class Importer:
         progress(len(records))
 
     def replay_ahead(self, records):
-        """The chunk replayed on the model as it stands, when the model knows all its values; else None."""
-        emails, phone_numbers = self.model.stale(records)
-        if emails or phone_numbers:
-            return None
+        """The chunk replayed on the model as the chunks before it leave it, ids following theirs."""
         first = self.model.next_id
-        chunk = Chunk(first, itertools.count(first), self.started_at, self.request_prefix)
-        self.model.replay(records, chunk)
-        chunk.lines = (contact_text(self.model, chunk), event_text(chunk.events))
+        chunk = replayed(self.model, records, Chunk(first, itertools.count(first), *self.event_source))
         self.model.settle(chunk)  # as if written: the next chunk is replayed on top of it
         return chunk
 
@@ -179,23 +173,22 @@ class Importer:
         try:
             chunk = write.result()
         except BaseException:
-            self.forget_all()
+            self.go_careful()
             raise
         if chunk is None:
-            self.forget_all()
+            self.go_careful()
             self.apply(records)
             return False
         self.count(chunk, "ahead")
         return True
 
-    def forget_all(self):
-        """Drop the model, which holds what was replayed but never written; roll back."""
+    def go_careful(self):
+        """Roll back; drop the model, which holds what was replayed but never written; be careful."""
         self.conn.rollback()
-        self.model = Model()
+        self.model, self.careful = Model(), True
 
     def apply(self, records):
-        """Records applied the careful way, a chunk at a time; all after them will be too (chunk_size)."""
-        self.model = Model()
+        """Records applied the careful way, a chunk at a time."""
         for start in range(0, len(records), self.chunk_size):
             chunk = retrying(self.conn, import_chunk, records[start : start + self.chunk_size], self)
             self.count(chunk, "careful")
@@ -251,20 +244,24 @@ def import_chunk(conn, records, importer):
     locked and read as identify locks them (0011_import_customers_v1.sql), replayed on a model of
     them alone, written with ids from the sequence."""
     model = Model()
-    emails, phone_numbers = model.stale(records)
+    emails, phone_numbers = values_of(records)
     with conn.cursor() as cur:
-        cur.execute(QUERIES["import_durability"])
         cur.execute(
             QUERIES["import_customers"], {"emails": list(emails), "phone_numbers": list(phone_numbers)}
         )
-        model.refresh(cur.fetchall(), emails, phone_numbers)
+        model.load(cur.fetchall())
         # Ascending, and above every row read; those the chunk does not use are never used.
         cur.execute(QUERIES["import_new_ids"], {"n": len(records)})
         ids = [row[0] for row in cur.fetchall()]
-        chunk = Chunk(ids[0], iter(ids), importer.started_at, importer.request_prefix)
-        model.replay(records, chunk)
-        chunk.lines = (contact_text(model, chunk), event_text(chunk.events))
+        chunk = replayed(model, records, Chunk(ids[0], iter(ids), *importer.event_source))
         store(cur, chunk, importer, careful=True)
+    return chunk
+
+
+def replayed(model, records, chunk):
+    """The chunk, its records replayed on the model and its rows and events made COPY's input."""
+    model.replay(records, chunk)
+    chunk.lines = (contact_text(model, chunk), event_text(chunk.events))
     return chunk
 
 
@@ -280,12 +277,10 @@ def write_chunk(conn, chunk, importer):
             return None
         xid, next_xid, others, sequence_next = cur.fetchone()
         if not importer.watch.quiet(xid, next_xid, others) or sequence_next > chunk.first_id:
-            # The sequence is not transactional: put back the id taken, so the chunk applied
-            # again gets the ids it would have had.
-            cur.execute(QUERIES["import_next_id"], {"next_id": sequence_next})
             conn.rollback()
             return None
-        cur.execute(QUERIES["import_next_id"], {"next_id": chunk.next_id})
+        if chunk.new_ids:
+            cur.execute(QUERIES["import_last_id"], {"last_id": chunk.new_ids[-1]})
         store(cur, chunk, importer)
     conn.commit()
     return chunk

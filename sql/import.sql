@@ -12,7 +12,7 @@
 -- committed (never part of one), and running the import again writes them.
 -- Then, in the same round trip (each is a moment the writer thread waits for the GIL): our
 -- transaction id, the next id as our snapshot has it, whether any other transaction is running, and
--- the sequence's next id. When ours is the only transaction id handed out since the import last
+-- the id the sequence gives next (read, not taken: a chunk rolled back leaves it as it was). When ours is the only transaction id handed out since the import last
 -- looked and nobody else was or is running, nobody else can have written since
 -- (identity.importing.Watch).
 SET LOCAL lock_timeout = %(lock_timeout_ms)s;
@@ -20,16 +20,14 @@ SET LOCAL synchronous_commit = off;
 LOCK TABLE contact IN ACCESS EXCLUSIVE MODE;
 SELECT x::text::bigint, pg_snapshot_xmax(s)::text::bigint,
        EXISTS (SELECT FROM pg_snapshot_xip(s) other WHERE other <> x),
-       nextval(pg_get_serial_sequence('contact', 'id'))
+       coalesce(pg_sequence_last_value(pg_get_serial_sequence('contact', 'id')), 0) + 1
 FROM pg_current_xact_id() x, pg_current_snapshot() s;
-
--- import_durability --
--- A careful chunk's commit does not wait for the WAL flush either (import_gate says why).
-SET LOCAL synchronous_commit = off;
 
 -- import_customers --
 -- A careful chunk's identifiers and customers locked as identify locks them; the customers' live
 -- rows: (id, email, phone number, primary id, created_at). 0011_import_customers_v1.sql explains.
+-- Its commit does not wait for the WAL flush either (import_gate says why).
+SET LOCAL synchronous_commit = off;
 SELECT * FROM import_customers_v1(%(emails)s::text[], %(phone_numbers)s::text[]);
 
 -- import_new_ids --
@@ -73,9 +71,10 @@ WHERE c.deleted_at IS NULL;
 -- The planner's statistics of a table the import is growing (autovacuum may be off, or late).
 ANALYZE contact;
 
--- import_next_id --
--- The sequence moved to the first id the chunk left unused: past its rows, or back where it was.
-SELECT setval(pg_get_serial_sequence('contact', 'id'), %(next_id)s, false);
+-- import_last_id --
+-- The sequence moved past the ids a chunk written ahead gave its rows (under the gate, nobody
+-- else takes ids meanwhile).
+SELECT setval(pg_get_serial_sequence('contact', 'id'), %(last_id)s);
 
 -- import_copy_contacts --
 COPY contact (id, email, phone_number, linked_id, link_precedence, created_at, updated_at) FROM STDIN;
