@@ -14,14 +14,13 @@ import json
 import sys
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from operator import attrgetter
 from typing import NamedTuple
 
 from marshmallow import ValidationError
 
-from identity.blocking import KINDS
-from identity.schemas import normal_email, normal_phone_number
+from identity.blocking import BlockedValue, usable_under
+from identity.schemas import normal_values
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 REQUIRED_COLUMNS = ("email", "phoneNumber")
@@ -143,18 +142,16 @@ def created_at(value):
     return moment
 
 
-def record_of(line, raw, fields, normal_phone, blocklist):
+def record_of(line, raw, fields, region, blocklist):
     """The Record for one parsed line, or the Reject saying why it cannot be one.
 
-    The values are normalised by the very functions /identify's schema calls (normal_phone is
-    normal_phone_number for the service's region).
+    The values are normalised by the very functions /identify's schema calls, for the service's region.
     """
     if fields is None:
         return Reject(line, raw, "unparseable line")
     raw_email, raw_phone, raw_moment = fields
     try:
-        email = None if raw_email is None else normal_email(raw_email)
-        phone_number = None if raw_phone is None else normal_phone(raw_phone)
+        email, phone_number = normal_values(raw_email, raw_phone, region)
     except ValidationError as error:
         return Reject(line, raw, f"invalid value: {error.messages[0]}")
     try:
@@ -171,25 +168,22 @@ def usable_record(record, raw, blocklist):
     """record with its blocked values absent, or a Reject when nothing is left."""
     if record.email is None and record.phone_number is None:
         return Reject(record.line, raw, "neither an email nor a phone number")
-    if blocklist is not None:
-        email, phone = (
-            None if v is not None and blocklist.blocks(KINDS[k], v) else v
-            for k, v in (("email", record.email), ("phone_number", record.phone_number))
-        )
-        if email is None and phone is None:
-            return Reject(record.line, raw, "blocked")
-        record = Record(record.line, email, phone, record.created_at)
-    return record
+    if blocklist is None:
+        return record
+    try:
+        kept = usable_under(blocklist, {"email": record.email, "phone_number": record.phone_number})
+    except BlockedValue:
+        return Reject(record.line, raw, "blocked")
+    return Record(record.line, kept["email"], kept["phone_number"], record.created_at)
 
 
 def read_records(stream, kind, region="", blocklist=None):
     """([Record] in the order the import applies them, [Reject] in file order)."""
     records, rejects = [], []
-    normal_phone = partial(normal_phone_number, region=region)
     if blocklist is not None and blocklist.empty:
         blocklist = None  # nothing to make absent: no look at it per record (a fifth of the read)
     for line, raw, fields in raw_lines(stream, kind):
-        outcome = record_of(line, raw, fields, normal_phone, blocklist)
+        outcome = record_of(line, raw, fields, region, blocklist)
         (rejects if isinstance(outcome, Reject) else records).append(outcome)
     return application_order(records), rejects
 
