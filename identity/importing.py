@@ -212,7 +212,7 @@ class Importer:
                 cur.execute(QUERIES["import_analyze"])
             self.conn.commit()
 
-    def analyze_now(self, rows, careful):
+    def analyze_now(self, rows):
         """Note rows written; whether a careful chunk should ANALYZE, the table doubled since the last.
 
         The careful way reads the table per chunk and needs the planner to know it has grown (with
@@ -220,7 +220,7 @@ class Importer:
         ahead read nothing: their import runs one ANALYZE at the end (about 0.1 s at 400,000 rows).
         """
         self.written_rows += rows
-        if not careful or self.written_rows < max(ANALYZE_AFTER_ROWS, 2 * self.analyzed_rows):
+        if not self.careful or self.written_rows < max(ANALYZE_AFTER_ROWS, 2 * self.analyzed_rows):
             return False
         self.analyzed_rows = self.written_rows
         return True
@@ -254,7 +254,7 @@ def import_chunk(conn, records, importer):
         cur.execute(QUERIES["import_new_ids"], {"n": len(records)})
         ids = [row[0] for row in cur.fetchall()]
         chunk = replayed(model, records, Chunk(ids[0], iter(ids), *importer.event_source))
-        store(cur, chunk, importer, careful=True)
+        store(cur, chunk, importer)
     return chunk
 
 
@@ -293,7 +293,7 @@ def customers_holding(cur, emails, phone_numbers):
     return cur.fetchall()
 
 
-def store(cur, chunk, importer, careful=False):
+def store(cur, chunk, importer):
     """Stream the chunk's rows and events into the table and relink the rows it moved."""
     contacts, events = chunk.lines
     cur.copy_expert(QUERIES["import_copy_contacts"], io.StringIO(contacts), COPY_PIECE)
@@ -301,7 +301,7 @@ def store(cur, chunk, importer, careful=False):
     if chunk.relinks:
         ids, linked_ids = zip(*chunk.relinks, strict=True)
         cur.execute(QUERIES["import_relink"], {"ids": list(ids), "linked_ids": list(linked_ids)})
-    if importer.analyze_now(len(chunk.new_ids), careful):
+    if importer.analyze_now(len(chunk.new_ids)):
         cur.execute(QUERIES["import_analyze"])
 
 
