@@ -216,8 +216,15 @@ def table(title, columns, rows):
 @click.option("--rejects", "rejects_path", help="Where bad records go; default: beside the input.")
 @click.option("--allow-rejects", is_flag=True, help="Exit 0 even when records were rejected.")
 @click.option("--dry-run", is_flag=True, help="Do everything but write.")
+@click.option(
+    "--events",
+    type=click.Choice(["all", "merges"]),
+    default="all",
+    show_default=True,
+    help="Record each new contact and each merge, as /identify does, or the merges alone (faster).",
+)
 @with_appcontext
-def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run):
+def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run, events):
     """Reconcile a history of orders (CSV or JSON Lines, .gz, - for stdin) as /identify would have."""
     started = time.monotonic()
     with without_cycle_collection():
@@ -227,7 +234,9 @@ def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run):
         conn = psycopg2.connect(current_app.config["DATABASE_URL"])
         try:
             with progress_reporter(len(records)) as progress:
-                summary.counts, ways = importing.reconcile(conn, records, dry_run, progress)
+                summary.counts, ways = importing.reconcile(
+                    conn, records, dry_run, progress, creations=events == "all"
+                )
         finally:
             conn.close()
     summary.seconds = time.monotonic() - started

@@ -6,7 +6,8 @@ record carrying a value its customer lacks adds a secondary. Then, because an im
 be older than today's primary, each customer a chunk touched is given its oldest row as its primary,
 every other row linked straight to it (never a chain). Limits per customer do not apply to imports.
 Each new contact and each merge is recorded as an event, as identify_v2 records it, so the history
-and the path of a customer (identity/explain.py) see imported links too.
+and the path of a customer (identity/explain.py) see imported links too; an operator may have the
+merges alone recorded (`--events merges`, README "Importing").
 
 A model holds the rows of every customer holding one of the values it was loaded for, as the table
 has them, and so knows who holds each of those values, or that nobody does: identity.importing
@@ -25,6 +26,7 @@ class Chunk:
     ids: object  # the ids for its new rows, ascending
     started_at: object  # the time of records without createdAt
     request_prefix: str  # each event's request id is this and the record's line
+    creations: bool = True  # whether each new contact is recorded (merges always are)
     new_ids: list = field(default_factory=list)
     touched: set = field(default_factory=set)
     # ((created_at as text, request id, email, phone number), kind, survivor, contact ids)
@@ -104,13 +106,15 @@ class Model:
         if by_email is None and by_phone is None:
             new = self.new_row(chunk, email, phone, None, at, event)
             chunk.counts["primaries"] += 1
-            chunk.events.append((event, "created", new, (new,)))
+            if chunk.creations:
+                chunk.events.append((event, "created", new, (new,)))
             return
         survivor = self.merge(chunk, by_email, by_phone, event)
         if not knows_all:
             new = self.new_row(chunk, email, phone, survivor, at, event)
             chunk.counts["secondaries"] += 1
-            chunk.events.append((event, "created", survivor, (new, survivor)))
+            if chunk.creations:
+                chunk.events.append((event, "created", survivor, (new, survivor)))
 
     def merge(self, chunk, first, second, event):
         """Join the two customers (either may be None, or both the same) into the older; the survivor."""

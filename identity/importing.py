@@ -62,16 +62,17 @@ class Summary:
         )
 
 
-def reconcile(conn, records, dry_run=False, progress=lambda done: None):
+def reconcile(conn, records, dry_run=False, progress=lambda done: None, creations=True):
     """Apply the records in order, a chunk per transaction; (the counts of what they did, the chunks
-    replayed ahead and applied the careful way).
+    replayed ahead and applied the careful way). Each new contact is recorded as an event unless
+    creations is false (merges always are).
 
     While one chunk is being written (by a thread, which waits on the server with the GIL released),
     the next is replayed ahead, on the model as the written one leaves it. If the writer finds that
     someone else wrote in between, both are applied again, and every chunk after them, the careful
     way (import_chunk). A dry run replays it all on the snapshot learnt at the start.
     """
-    importer = Importer(conn, datetime.now(UTC), dry_run)
+    importer = Importer(conn, datetime.now(UTC), dry_run, creations)
     importer.learn(records)
     if dry_run:
         importer.replay_all(records, progress)
@@ -108,6 +109,7 @@ class Importer:
     conn: object
     started_at: datetime
     dry_run: bool
+    creations: bool  # whether each new contact is recorded as an event (merges always are)
     model: Model = field(default_factory=Model)
     watch: Watch = field(default_factory=Watch)
     careful: bool = False  # from the first sign of another writer on, every chunk goes the careful way
@@ -123,8 +125,9 @@ class Importer:
 
     @property
     def event_source(self):
-        """(the time of records without createdAt, the events' request id less the record's line)."""
-        return self.started_at, f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line "
+        """(the time of records without createdAt, the events' request id less the record's line, whether
+        new contacts are recorded)."""
+        return self.started_at, f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line ", self.creations
 
     def learn(self, records):
         """Load the model, in one snapshot, with the customers holding any of the records' values.

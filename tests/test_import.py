@@ -113,6 +113,21 @@ def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monk
     assert (table(conn), recorded_events(conn)) == expected
 
 
+def test_with_merges_alone_recorded_the_rows_are_the_same_and_only_the_merges_are_events(
+    client, runner, conn, tmp_path
+):
+    records = timed(
+        [{"email": EMAILS[n % 4], "phoneNumber": PHONE_NUMBERS[n % 3]} for n in range(20)], range(20)
+    )
+    rows, events = posted_in_order(client, conn, records)
+    empty(conn)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--events", "merges")
+    assert result.exit_code == 0, result.output
+    merges = [event for event in events if event[0] == "merged"]
+    assert merges and len(merges) < len(events)
+    assert (table(conn), recorded_events(conn)) == (rows, merges)
+
+
 def test_an_older_imported_record_becomes_the_primary_of_a_populated_customer(client, runner, conn, tmp_path):
     client.post("/identify", json={"email": "doc@hv.edu", "phoneNumber": "123456"})
     client.post("/identify", json={"email": "marty@hv.edu", "phoneNumber": "919191"})

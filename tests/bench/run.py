@@ -409,15 +409,16 @@ def order_line(customer, order, rng, at, values):
     return f"{email},{phone},{at.isoformat()}\n"
 
 
-def import_command(url, path):
+def import_command(url, path, *options):
     """`flask import-contacts path` into url: (command, environment)."""
     env = {**os.environ, "DATABASE_URL": url}
-    return [str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "import-contacts", path, "--allow-rejects"], env
+    flask = str(ROOT / ".venv/bin/flask")
+    return [flask, "--app", "wsgi", "import-contacts", path, "--allow-rejects", *options], env
 
 
-def timed_import(url, path):
-    """(seconds, peak RSS MiB, summary line) of `flask import-contacts path` into url."""
-    command, env = import_command(url, path)
+def timed_import(url, path, *options):
+    """(seconds, peak RSS MiB, summary line) of `flask import-contacts path options` into url."""
+    command, env = import_command(url, path, *options)
     started = time.monotonic()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     seconds = time.monotonic() - started
@@ -463,14 +464,20 @@ def bench_imports(records, args):
     """The import into an empty table beside COPY of its rows, and into a table of as many customers."""
     path = str(Path(tempfile.mkdtemp()) / "history.csv")
     Path(path).write_text("".join(history(records, random.Random(10))))
-    empty, copies, populated = [], [], []
+    empty, merges_only, copies, populated = [], [], [], []
     for _ in range(args.repeat):
         with bench_database(0) as url:
             empty.append(timed_import(url, path))
             copies.append(copy_seconds(url, records))
+        with bench_database(0) as url:
+            merges_only.append(timed_import(url, path, "--events", "merges"))
         with bench_database(records) as url:
             populated.append(timed_import(url, path))
-    for name, runs in (("into an empty table", empty), (f"into {records:,} customers", populated)):
+    for name, runs in (
+        ("into an empty table", empty),
+        ("into an empty table, --events merges", merges_only),
+        (f"into {records:,} customers", populated),
+    ):
         seconds = statistics.median(run[0] for run in runs)
         print(
             f"import {records:,} {name}: {records / seconds:,.0f} records/s (median {seconds:.1f} s), "
