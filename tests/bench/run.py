@@ -483,7 +483,12 @@ def bench_imports(records, args):
             f"import {records:,} {name}: {records / seconds:,.0f} records/s (median {seconds:.1f} s), "
             f"peak RSS {max(run[1] for run in runs):.0f} MiB; last: {runs[-1][2]}"
         )
-    print(f"COPY of the resulting rows: {records / statistics.median(copies):,.0f} records/s")
+    copy = statistics.median(copies)
+    shares = ", ".join(
+        f"{name} {copy / statistics.median(run[0] for run in runs):.0%}"
+        for name, runs in (("the import", empty), ("with --events merges", merges_only))
+    )
+    print(f"COPY of the resulting rows: {records / copy:,.0f} records/s ({shares} of its speed)")
     # Beside live traffic, a history of the very customers the checkout mix sends: they wait on locks.
     Path(path).write_text("".join(history(records, random.Random(10), ("bench.test", 1000000000))))
     with bench_database(records) as url:
