@@ -113,16 +113,25 @@ def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monk
     assert (table(conn), recorded_events(conn)) == expected
 
 
+@pytest.mark.parametrize("beside_a_report", [False, True], ids=["ahead", "careful"])
 def test_with_merges_alone_recorded_the_rows_are_the_same_and_only_the_merges_are_events(
-    client, runner, conn, tmp_path
+    client, runner, conn, database_url, tmp_path, beside_a_report
 ):
     records = timed(
         [{"email": EMAILS[n % 4], "phoneNumber": PHONE_NUMBERS[n % 3]} for n in range(20)], range(20)
     )
     rows, events = posted_in_order(client, conn, records)
     empty(conn)
-    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--events", "merges")
+    report = psycopg2.connect(database_url)
+    try:
+        if beside_a_report:
+            with report.cursor() as cur:
+                cur.execute("SELECT count(*) FROM contact")  # holds the table: the careful way
+        result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--events", "merges")
+    finally:
+        report.close()
     assert result.exit_code == 0, result.output
+    assert not beside_a_report or "1 the careful way" in result.output
     merges = [event for event in events if event[0] == "merged"]
     assert merges and len(merges) < len(events)
     assert (table(conn), recorded_events(conn)) == (rows, merges)
