@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import make_app
-from identity.schemas import folded_email
+from identity.schemas import folded_email, is_address, is_forbidden_in_email
 from identity.settings import BadSetting
 
 # Spellings of one address a shopper's keyboard, phone or autofill may send: each pair must be one value.
@@ -106,3 +106,17 @@ def test_ascii_takes_a_short_way_to_the_same_folding(value):
     # NFKC, full case folding, NFKC again, the dotted i's dot gone, trimmed: the rule, spelled out.
     full = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
     assert folded_email(value) == full.replace("i\u0307", "i").strip()
+
+
+# Addresses near the rule's edges (at signs, spaces, controls), and any ASCII text.
+ASCII_ADDRESSES = st.lists(st.sampled_from(["a", "b.", "@", " ", "\t", "\x00", "\x7f"]), max_size=8).map(
+    "".join
+)
+
+
+@given(ASCII_ADDRESSES | st.text(alphabet=st.characters(max_codepoint=127), max_size=12))
+def test_ascii_takes_a_short_way_to_the_same_address_rule(value):
+    # One @ with text on both sides, no character is_forbidden_in_email: the rule, spelled out.
+    local, at, domain = value.partition("@")
+    rule = bool(at and local and domain) and "@" not in domain and not any(map(is_forbidden_in_email, value))
+    assert is_address(value) == rule
