@@ -4,7 +4,7 @@ import unicodedata
 
 import pytest
 from helpers import all_contacts, identify
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from conftest import make_app
@@ -115,6 +115,12 @@ ASCII_ADDRESSES = st.lists(st.sampled_from(["a", "b.", "@", " ", "\t", "\x00", "
 
 
 @given(ASCII_ADDRESSES | st.text(alphabet=st.characters(max_codepoint=127), max_size=12))
+@example("a@b")
+@example("a@b@c")
+@example("@b")
+@example("a@")
+@example("a b@c")
+@example("a@b\x7f")
 def test_ascii_takes_a_short_way_to_the_same_address_rule(value):
     # One @ with text on both sides, no character is_forbidden_in_email: the rule, spelled out.
     local, at, domain = value.partition("@")
