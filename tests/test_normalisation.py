@@ -1,14 +1,16 @@
 """One person, many spellings: Unicode-equivalent emails are one value; with PHONE_REGION phones are E.164."""
 
+import re
 import unicodedata
 
 import pytest
 from helpers import all_contacts, identify
 from hypothesis import example, given
 from hypothesis import strategies as st
+from marshmallow import ValidationError
 
 from conftest import make_app
-from identity.schemas import folded_email, is_address, is_forbidden_in_email
+from identity.schemas import folded_email, is_address, is_forbidden_in_email, normal_phone_number
 from identity.settings import BadSetting
 
 # Spellings of one address a shopper's keyboard, phone or autofill may send: each pair must be one value.
@@ -126,3 +128,25 @@ def test_ascii_takes_a_short_way_to_the_same_address_rule(value):
     local, at, domain = value.partition("@")
     rule = bool(at and local and domain) and "@" not in domain and not any(map(is_forbidden_in_email, value))
     assert is_address(value) == rule
+
+
+# Phone numbers near the rule's edges: digits, a plus, separators, a letter, blanks, too many digits.
+PHONE_PARTS = ["1", "90", "+", " ", "-", "(", ")", ".", "x", "\t"]
+PHONE_TEXTS = st.lists(st.sampled_from(PHONE_PARTS), max_size=24).map("".join)
+
+
+@given(PHONE_TEXTS)
+@example("123")
+@example("+123")
+@example("")
+@example("1" * 21)
+@example("(555) 01-99")
+def test_bare_digits_take_a_short_way_to_the_same_phone_number(value):
+    # Blank is absent; else separators dropped, then 1 to 20 digits after an optional +: the rule.
+    number = re.sub(r"[\s\-.()]", "", value)
+    expected = None if not value.strip() else number if re.fullmatch(r"\+?[0-9]{1,20}", number) else "refused"
+    try:
+        got = normal_phone_number(value)
+    except ValidationError:
+        got = "refused"
+    assert got == expected
