@@ -262,7 +262,7 @@ def read_input(path, kind):
     try:
         kind = format_of(path, kind)
         with text_stream(path) as stream:
-            blocklist = current_app.extensions[blocking.EXTENSION].current()
+            blocklist = blocking.current_blocklist()
             return read_records(stream, kind, current_app.config["PHONE_REGION"], blocklist)
     except (UsageError, OSError, UnicodeDecodeError) as error:
         raise click.UsageError(str(error)) from None
