@@ -72,7 +72,7 @@ def reconcile(conn, records, dry_run=False, progress=lambda done: None, creation
     someone else wrote in between, both are applied again, and every chunk after them, the careful
     way (import_chunk). A dry run replays it all on the snapshot learnt at the start.
     """
-    importer = Importer(conn, datetime.now(UTC), dry_run, creations)
+    importer = Importer(conn, datetime.now(UTC), creations)
     importer.learn(records)
     if dry_run:
         importer.replay_all(records, progress)
@@ -108,7 +108,6 @@ class Importer:
 
     conn: object
     started_at: datetime
-    dry_run: bool
     creations: bool  # whether each new contact is recorded as an event (merges always are)
     model: Model = field(default_factory=Model)
     watch: Watch = field(default_factory=Watch)
