@@ -42,12 +42,6 @@ class Chunk:
         return self.new_ids[-1] + 1 if self.new_ids else self.first_id
 
 
-def values_of(records):
-    """({emails}, {phone numbers}) the records carry."""
-    emails = {record.email for record in records if record.email is not None}
-    return emails, {record.phone_number for record in records if record.phone_number is not None}
-
-
 @dataclass
 class Model:
     """The customers holding the values it was loaded for, row by row, as the table has them."""

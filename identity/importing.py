@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from psycopg2.errors import LockNotAvailable
 
-from identity.import_replay import Chunk, Model, values_of
+from identity.import_replay import Chunk, Model
 from identity.queries import QUERIES
 from identity.retrying import retrying
 
@@ -137,7 +137,7 @@ class Importer:
             cur.execute(QUERIES["import_snapshot"])
             next_xid, others, has_rows, next_id = cur.fetchone()
             if has_rows:
-                self.model.load(customers_holding(cur, *values_of(records)))
+                self.model.load(customers_holding(cur, value_params(records)))
         self.conn.rollback()
         self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
@@ -246,11 +246,8 @@ def import_chunk(conn, records, importer):
     locked and read as identify locks them (0011_import_customers_v1.sql), replayed on a model of
     them alone, written with ids from the sequence."""
     model = Model()
-    emails, phone_numbers = values_of(records)
     with conn.cursor() as cur:
-        cur.execute(
-            QUERIES["import_customers"], {"emails": list(emails), "phone_numbers": list(phone_numbers)}
-        )
+        cur.execute(QUERIES["import_customers"], value_params(records))
         model.load(cur.fetchall())
         # Ascending, and above every row read; those the chunk does not use are never used.
         cur.execute(QUERIES["import_new_ids"], {"n": len(records)})
@@ -288,11 +285,17 @@ def write_chunk(conn, chunk, importer):
     return chunk
 
 
-def customers_holding(cur, emails, phone_numbers):
-    """Every live row of the customers holding any of the values, as the table has them now."""
-    values = {"emails": list(emails), "phone_numbers": list(phone_numbers)}
+def customers_holding(cur, values):
+    """Every live row of the customers holding any of the values (value_params), as the table has them now."""
     cur.execute(QUERIES["import_customers_holding"], values)
     return cur.fetchall()
+
+
+def value_params(records):
+    """The records' distinct emails and phone numbers, as the import's queries take them."""
+    emails = {record.email for record in records if record.email is not None}
+    phone_numbers = {record.phone_number for record in records if record.phone_number is not None}
+    return {"emails": list(emails), "phone_numbers": list(phone_numbers)}
 
 
 def store(cur, chunk, importer):
