@@ -12,9 +12,9 @@
 -- committed (never part of one), and running the import again writes them.
 -- Then, in the same round trip (each is a moment the writer thread waits for the GIL): our
 -- transaction id, the next id as our snapshot has it, whether any other transaction is running, and
--- the id the sequence gives next (read, not taken: a chunk rolled back leaves it as it was). When ours is the only transaction id handed out since the import last
--- looked and nobody else was or is running, nobody else can have written since
--- (identity.importing.Watch).
+-- the id the sequence gives next (read, not taken: a chunk rolled back leaves it as it was). When
+-- ours is the only transaction id handed out since the import last looked and nobody else was or
+-- is running, nobody else can have written since (identity.importing.Watch).
 SET LOCAL lock_timeout = %(lock_timeout_ms)s;
 SET LOCAL synchronous_commit = off;
 LOCK TABLE contact IN ACCESS EXCLUSIVE MODE;
