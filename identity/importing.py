@@ -299,10 +299,14 @@ def value_params(records):
 
 
 def store(cur, chunk, importer):
-    """Stream the chunk's rows and events into the table and relink the rows it moved."""
-    contacts, events = chunk.lines
-    cur.copy_expert(QUERIES["import_copy_contacts"], io.StringIO(contacts), COPY_PIECE)
-    cur.copy_expert(QUERIES["import_copy_events"], io.StringIO(events), COPY_PIECE)
+    """Stream the chunk's rows and events into the table and relink the rows it moved.
+
+    A COPY with nothing to send is not sent: a file imported again makes neither rows nor events,
+    and with --events merges most chunks record no event.
+    """
+    for query, text in zip(("import_copy_contacts", "import_copy_events"), chunk.lines, strict=True):
+        if text:
+            cur.copy_expert(QUERIES[query], io.StringIO(text), COPY_PIECE)
     if chunk.relinks:
         ids, linked_ids = zip(*chunk.relinks, strict=True)
         cur.execute(QUERIES["import_relink"], {"ids": list(ids), "linked_ids": list(linked_ids)})
