@@ -223,8 +223,13 @@ def table(title, columns, rows):
     show_default=True,
     help="Record each new contact and each merge, as /identify does, or the merges alone (faster).",
 )
+@click.option(
+    "--lock-tables",
+    is_flag=True,
+    help="One transaction holding the tables: faster into an empty table, but every request waits for it.",
+)
 @with_appcontext
-def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run, events):
+def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run, events, lock_tables):
     """Reconcile a history of orders (CSV or JSON Lines, .gz, - for stdin) as /identify would have."""
     started = time.monotonic()
     with without_cycle_collection():
@@ -235,8 +240,10 @@ def import_contacts_command(path, kind, rejects_path, allow_rejects, dry_run, ev
         try:
             with progress_reporter(len(records)) as progress:
                 summary.counts, ways = importing.reconcile(
-                    conn, records, dry_run, progress, creations=events == "all"
+                    conn, records, dry_run, progress, creations=events == "all", hold=lock_tables
                 )
+        except importing.TablesInUse as error:
+            raise click.ClickException(str(error)) from None
         finally:
             conn.close()
     summary.seconds = time.monotonic() - started

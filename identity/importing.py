@@ -62,7 +62,7 @@ class Summary:
         )
 
 
-def reconcile(conn, records, dry_run=False, progress=lambda done: None, creations=True):
+def reconcile(conn, records, dry_run=False, progress=lambda done: None, creations=True, hold=False):
     """Apply the records in order, a chunk per transaction; (the counts of what they did, the chunks
     replayed ahead and applied the careful way). Each new contact is recorded as an event unless
     creations is false (merges always are).
@@ -70,9 +70,14 @@ def reconcile(conn, records, dry_run=False, progress=lambda done: None, creation
     While one chunk is being written (by a thread, which waits on the server with the GIL released),
     the next is replayed ahead, on the model as the written one leaves it. If the writer finds that
     someone else wrote in between, both are applied again, and every chunk after them, the careful
-    way (import_chunk). A dry run replays it all on the snapshot learnt at the start.
+    way (import_chunk). With hold (--lock-tables) the whole import is one transaction holding the
+    tables (apply_held). A dry run replays it all on the snapshot learnt at the start.
     """
     importer = Importer(conn, datetime.now(UTC), creations)
+    if hold and not dry_run:
+        importer.hold_tables(records)
+        importer.apply_held(records, progress)
+        return importer.totals, importer.ways
     importer.learn(records)
     if dry_run:
         importer.replay_all(records, progress)
@@ -80,6 +85,10 @@ def reconcile(conn, records, dry_run=False, progress=lambda done: None, creation
         importer.apply_all(records, progress)
         importer.analyze_if_grown()
     return importer.totals, importer.ways
+
+
+class TablesInUse(Exception):
+    """--lock-tables could not take the tables within LOCK_TIMEOUT_MS."""
 
 
 @dataclass
@@ -141,6 +150,45 @@ class Importer:
         self.conn.rollback()
         self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
+
+    def hold_tables(self, records):
+        """Take both tables for the import's one transaction, then load the model with what they hold;
+        into a table with no live row, the indexes that enforce nothing are set aside (sql/import.sql)."""
+        with self.conn.cursor() as cur:
+            try:
+                cur.execute(QUERIES["import_hold"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
+            except LockNotAvailable:
+                self.conn.rollback()
+                raise TablesInUse(
+                    f"could not take the tables within {LOCK_TIMEOUT_MS} ms: another transaction holds them"
+                    " (a long report?); run again, or import without --lock-tables"
+                ) from None
+            has_rows, next_id = cur.fetchone()
+            if has_rows:
+                self.model.load(customers_holding(cur, value_params(records)))
+            else:
+                cur.execute(QUERIES["import_set_aside"])
+        self.model.next_id = max(self.model.next_id, next_id)
+
+    def apply_held(self, records, progress):
+        """Every chunk replayed ahead and written in the held transaction, the writer a chunk behind;
+        then the indexes built again, the sequence moved past the new ids, and one commit."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer, quick_turns():
+            in_flight = None  # the write of the chunk before
+            for start in range(0, len(records), CHUNK_SIZE):
+                chunk = self.replay_ahead(records[start : start + CHUNK_SIZE])
+                if in_flight:
+                    self.count(in_flight.result(), "ahead")
+                in_flight = writer.submit(write_held, self.conn, chunk, self)
+                progress(start)
+            if in_flight:
+                self.count(in_flight.result(), "ahead")
+        with self.conn.cursor() as cur:
+            if self.written_rows:
+                cur.execute(QUERIES["import_last_id"], {"last_id": self.model.next_id - 1})
+            cur.execute(QUERIES["import_rebuild"])
+        self.conn.commit()
+        progress(len(records))
 
     def apply_all(self, records, progress):
         """Every chunk, each replayed ahead while the one before is written, else the careful way."""
@@ -282,6 +330,13 @@ def write_chunk(conn, chunk, importer):
             cur.execute(QUERIES["import_last_id"], {"last_id": chunk.new_ids[-1]})
         store(cur, chunk, importer)
     conn.commit()
+    return chunk
+
+
+def write_held(conn, chunk, importer):
+    """The writer thread, --lock-tables: a chunk written in the held transaction, not committed."""
+    with conn.cursor() as cur:
+        store(cur, chunk, importer)
     return chunk
 
 

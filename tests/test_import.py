@@ -1,5 +1,6 @@
 """flask import-contacts: the table it writes equals posting the records to /identify one by one."""
 
+import concurrent.futures
 import gzip
 import json
 import os
@@ -100,6 +101,147 @@ def test_into_an_empty_table_the_import_writes_what_posting_in_order_writes(
     result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
     assert result.exit_code == 0, result.output
     assert (table(conn), recorded_events(conn)) == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=histories)
+def test_with_the_tables_locked_the_import_writes_what_posting_in_order_writes(
+    client, runner, conn, tmp_path, history
+):
+    records = timed(*history)
+    expected = posted_in_order(client, conn, records)
+    empty(conn)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--lock-tables")
+    assert result.exit_code == 0, result.output
+    assert (table(conn), recorded_events(conn)) == expected
+
+
+def indexes(conn):
+    """{name: definition} of every index of the contact and contact_event tables, each valid."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid), indisvalid FROM pg_index"
+            " WHERE indrelid IN ('contact'::regclass, 'contact_event'::regclass)"
+        )
+        rows = cur.fetchall()
+    assert all(valid for _, _, valid in rows)
+    return {name: definition for name, definition, _ in rows}
+
+
+def test_with_the_tables_locked_the_indexes_set_aside_are_built_again_as_they_were(
+    client, runner, conn, tmp_path, monkeypatch
+):
+    records = timed(
+        [{"email": EMAILS[n % 4], "phoneNumber": PHONE_NUMBERS[n % 3]} for n in range(20)], range(20)
+    )
+    expected = posted_in_order(client, conn, records)
+    empty(conn)
+    before = indexes(conn)
+    assert {"contact_email_live_idx", "contact_event_contact_ids_idx"} <= set(before)
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 3)  # several chunks written without the indexes
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--lock-tables")
+    assert result.exit_code == 0, result.output
+    assert indexes(conn) == before
+    assert (table(conn), recorded_events(conn)) == expected
+    # The rebuilt indexes answer: the rows are found through them.
+    with conn.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")
+        cur.execute("SELECT count(*) FROM contact WHERE email = %s AND deleted_at IS NULL", (EMAILS[0],))
+        assert cur.fetchone()[0] == sum(1 for row in expected[0] if row[1] == EMAILS[0])
+    client.post("/identify", json={"email": "new@hv.edu", "phoneNumber": "42"})
+    assert table(conn)[-1][0] == expected[0][-1][0] + 1  # the sequence moved past the imported ids
+
+
+def test_with_the_tables_locked_into_a_populated_table_an_older_record_becomes_the_primary(
+    client, runner, conn, tmp_path
+):
+    client.post("/identify", json={"email": "doc@hv.edu", "phoneNumber": "123456"})
+    client.post("/identify", json={"email": "marty@hv.edu", "phoneNumber": "919191"})
+    before = indexes(conn)
+    old = [
+        {"email": "old@hv.edu", "phoneNumber": "123456", "createdAt": "2001-01-01T00:00:00Z"},
+        {"email": "marty@hv.edu", "phoneNumber": "123456", "createdAt": "2001-01-02T00:00:00Z"},
+    ]
+    result = run_import(runner, jsonl(tmp_path / "old.jsonl", old), "--lock-tables")
+    assert result.exit_code == 0, result.output
+    rows = {row[1]: row for row in table(conn)}
+    assert rows["old@hv.edu"][3:5] == (None, "primary")
+    oldest = rows["old@hv.edu"][0]
+    assert all(row[3:5] == (oldest, "secondary") for email, row in rows.items() if email != "old@hv.edu")
+    assert indexes(conn) == before
+    assert run_import(runner, jsonl(tmp_path / "old.jsonl", old), "--lock-tables").exit_code == 0
+    assert {row[1]: row for row in table(conn)} == rows  # the same file again writes nothing
+
+
+def test_with_the_tables_locked_an_import_killed_half_way_writes_nothing_and_completes_when_run_again(
+    runner, conn, tmp_path, monkeypatch
+):
+    records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 2)} for n in range(10)], range(10))
+    path = jsonl(tmp_path / "h.jsonl", records)
+    assert run_import(runner, path, "--lock-tables").exit_code == 0
+    whole = table(conn)
+    empty(conn)
+    before = indexes(conn)
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 4)
+    writes = []
+    real_store = importing.store
+
+    def killed_in_the_second(cur, chunk, *args):
+        writes.append(chunk)
+        if len(writes) == 2:
+            raise KeyboardInterrupt  # as a kill would, with the first chunk written, uncommitted
+        return real_store(cur, chunk, *args)
+
+    monkeypatch.setattr(importing, "store", killed_in_the_second)
+    run_import(runner, path, "--lock-tables")
+    assert len(writes) == 2
+    assert table(conn) == [] and indexes(conn) == before
+    monkeypatch.setattr(importing, "store", real_store)
+    assert run_import(runner, path, "--lock-tables").exit_code == 0
+    assert by_rank(table(conn)) == by_rank(whole)
+
+
+def test_with_the_tables_locked_a_request_waits_for_the_import_and_then_sees_it(
+    app, runner, conn, tmp_path, monkeypatch
+):
+    records = timed(
+        [{"email": "doc@hv.edu", "phoneNumber": "1"}, {"email": "marty@hv.edu", "phoneNumber": "1"}], [0, 1]
+    )
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 1)
+    answers, real_count = [], importing.Importer.count
+
+    def post_in_the_middle(importer, chunk, way):
+        real_count(importer, chunk, way)  # the first chunk is written, not committed: the request waits
+        if not answers:
+            answers.append(
+                concurrent.futures.ThreadPoolExecutor(1).submit(
+                    app.test_client().post, "/identify", json={"email": "biff@hv.edu", "phoneNumber": "1"}
+                )
+            )
+
+    monkeypatch.setattr(importing.Importer, "count", post_in_the_middle)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--lock-tables")
+    assert result.exit_code == 0, result.output
+    answer = answers[0].result(timeout=30)
+    assert answer.status_code == 200
+    # Answered after the import, as if posted after it: the imported customer, joined by the phone.
+    assert answer.get_json()["contact"]["emails"] == ["doc@hv.edu", "marty@hv.edu", "biff@hv.edu"]
+
+
+def test_with_the_tables_locked_an_import_meeting_a_long_report_stops_and_writes_nothing(
+    runner, conn, database_url, tmp_path
+):
+    path = jsonl(tmp_path / "h.jsonl", timed([{"email": "doc@hv.edu", "phoneNumber": "1"}], [0]))
+    report = psycopg2.connect(database_url)
+    try:
+        with report.cursor() as cur:
+            cur.execute("SELECT count(*) FROM contact")  # holds ACCESS SHARE until it ends
+        result = run_import(runner, path, "--lock-tables")
+    finally:
+        report.close()
+    assert result.exit_code == 1
+    assert "could not take the tables within 200 ms" in result.output
+    assert table(conn) == []
 
 
 def test_a_small_chunk_size_changes_nothing(client, runner, conn, tmp_path, monkeypatch):
