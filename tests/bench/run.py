@@ -460,41 +460,54 @@ def copy_seconds(source_url, records):
         return time.monotonic() - started
 
 
+# The ways into an empty table the bench times beside COPY: the command's options.
+EMPTY_TABLE_IMPORTS = (
+    (),
+    ("--events", "merges"),
+    ("--lock-tables",),
+    ("--lock-tables", "--events", "merges"),
+)
+
+
 def bench_imports(records, args):
-    """The import into an empty table beside COPY of its rows, and into a table of as many customers."""
+    """The import into an empty table (each way) beside COPY of its rows; into as many customers."""
     path = str(Path(tempfile.mkdtemp()) / "history.csv")
     Path(path).write_text("".join(history(records, random.Random(10))))
-    empty, merges_only, copies, populated = [], [], [], []
+    runs = {" ".join(options) or "by default": [] for options in EMPTY_TABLE_IMPORTS}
+    copies, populated = [], []
     for _ in range(args.repeat):
-        with bench_database(0) as url:
-            empty.append(timed_import(url, path))
-            copies.append(copy_seconds(url, records))
-        with bench_database(0) as url:
-            merges_only.append(timed_import(url, path, "--events", "merges"))
+        for options in EMPTY_TABLE_IMPORTS:
+            with bench_database(0) as url:
+                runs[" ".join(options) or "by default"].append(timed_import(url, path, *options))
+                if not options:
+                    copies.append(copy_seconds(url, records))
         with bench_database(records) as url:
             populated.append(timed_import(url, path))
-    for name, runs in (
-        ("into an empty table", empty),
-        ("into an empty table, --events merges", merges_only),
-        (f"into {records:,} customers", populated),
-    ):
-        seconds = statistics.median(run[0] for run in runs)
-        print(
-            f"import {records:,} {name}: {records / seconds:,.0f} records/s (median {seconds:.1f} s), "
-            f"peak RSS {max(run[1] for run in runs):.0f} MiB; last: {runs[-1][2]}"
-        )
+    for way, timed in runs.items():
+        print_import(records, f"into an empty table, {way}", timed)
+    print_import(records, f"into {records:,} customers", populated)
     copy = statistics.median(copies)
     shares = ", ".join(
-        f"{name} {copy / statistics.median(run[0] for run in runs):.0%}"
-        for name, runs in (("the import", empty), ("with --events merges", merges_only))
+        f"{way} {copy / statistics.median(run[0] for run in timed):.0%}" for way, timed in runs.items()
     )
-    print(f"COPY of the resulting rows: {records / copy:,.0f} records/s ({shares} of its speed)")
+    print(
+        f"COPY of the resulting rows: {records / copy:,.0f} records/s (the import's share of that: {shares})"
+    )
     # Beside live traffic, a history of the very customers the checkout mix sends: they wait on locks.
     Path(path).write_text("".join(history(records, random.Random(10), ("bench.test", 1000000000))))
     with bench_database(records) as url:
-        runs, seconds = checkout_during_import(url, path, records)
+        checkout_runs, seconds = checkout_during_import(url, path, records)
         checks = violations(url, records)
-    print_traffic_during_import(records, runs, seconds, sum(checks.values()))
+    print_traffic_during_import(records, checkout_runs, seconds, sum(checks.values()))
+
+
+def print_import(records, name, timed):
+    """One way's median speed, peak memory and last summary line (timed: timed_import's results)."""
+    seconds = statistics.median(run[0] for run in timed)
+    print(
+        f"import {records:,} {name}: {records / seconds:,.0f} records/s (median {seconds:.1f} s), "
+        f"peak RSS {max(run[1] for run in timed):.0f} MiB; last: {timed[-1][2]}"
+    )
 
 
 def print_traffic_during_import(records, runs, seconds, broken):
