@@ -8,7 +8,8 @@ EXCLUSIVE, sql/import.sql says why), once transaction ids show nobody else wrote
 look (Watch). From the first sign of another writer on, chunks go in the careful way: each one's
 customers locked and read as identify locks them, then replayed and written. Records already
 known write nothing, so a second import, or one re-run after a kill, completes without doubling
-anything.
+anything. With --lock-tables (the operator's choice: every request waits) the whole import is one
+transaction holding the tables, and into an empty table their indexes are built once at the end.
 """
 
 import contextlib
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from psycopg2.errors import LockNotAvailable
+from psycopg2.errors import DeadlockDetected, LockNotAvailable
 
 from identity.import_replay import Chunk, Model
 from identity.queries import QUERIES
@@ -157,7 +158,7 @@ class Importer:
         with self.conn.cursor() as cur:
             try:
                 cur.execute(QUERIES["import_hold"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
-            except LockNotAvailable:
+            except (LockNotAvailable, DeadlockDetected):
                 self.conn.rollback()
                 raise TablesInUse(
                     f"could not take the tables within {LOCK_TIMEOUT_MS} ms: another transaction holds them"

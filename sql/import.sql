@@ -27,9 +27,10 @@ FROM pg_current_xact_id() x, pg_current_snapshot() s;
 -- `--lock-tables` (README, "Importing"): the whole import is this one transaction, holding both
 -- tables from before it reads them until it commits, so nobody else reads or writes them meanwhile
 -- and nothing the import learns goes stale (every request waits; the operator chose that).
--- contact before contact_event, the order identify writes them; lock_timeout is shorter than
--- deadlock_timeout, so a session holding contact_event and waiting for contact makes the import give
--- up, never wait in a deadlock. A temporary table keeps the indexes set aside (import_set_aside).
+-- contact before contact_event, the order identify writes them; lock_timeout (200 ms) is shorter than
+-- the server's deadlock_timeout (1 s by default), so a session holding contact_event and waiting for
+-- contact makes the import give up rather than wait in a deadlock (either way it stops, writing
+-- nothing). A temporary table keeps the indexes set aside (import_set_aside).
 -- Then whether the table has a live row, and the id the sequence gives next: nobody takes ids while
 -- the locks are held, since every writer touches contact (and waits) before it takes one.
 SET LOCAL lock_timeout = %(lock_timeout_ms)s;
@@ -43,8 +44,9 @@ SELECT EXISTS (SELECT FROM contact WHERE deleted_at IS NULL),
 -- Into a table with no live row, under import_hold's locks: the indexes of both tables that enforce
 -- nothing (not the primary keys, nor any unique index) are dropped, and import_rebuild builds them
 -- again, from their own definitions, before the commit. A build sorts each index's keys once, where
--- the writes would have descended it once per row: the rows went in three times as fast (README).
--- Nobody else sees them missing: the locks are held until the commit.
+-- COPY descends each index once per row: a million records' rows and events took the server 9.1 s
+-- with their indexes, 5.0 s without them and then building them (README). Nobody else sees them
+-- missing: the locks are held until the commit.
 INSERT INTO import_set_aside
 SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid)
 FROM pg_index
