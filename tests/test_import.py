@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
@@ -211,21 +212,35 @@ def test_with_the_tables_locked_a_request_waits_for_the_import_and_then_sees_it(
     answers, real_count = [], importing.Importer.count
 
     def post_in_the_middle(importer, chunk, way):
-        real_count(importer, chunk, way)  # the first chunk is written, not committed: the request waits
+        real_count(importer, chunk, way)  # the first chunk is written, not committed
         if not answers:
-            answers.append(
-                concurrent.futures.ThreadPoolExecutor(1).submit(
-                    app.test_client().post, "/identify", json={"email": "biff@hv.edu", "phoneNumber": "1"}
-                )
-            )
+            body = {"email": "biff@hv.edu", "phoneNumber": "1"}
+            answers.append(requester.submit(app.test_client().post, "/identify", json=body))
+            assert waiting_on_a_lock(conn), "the request did not wait for the import"
 
     monkeypatch.setattr(importing.Importer, "count", post_in_the_middle)
-    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--lock-tables")
+    with concurrent.futures.ThreadPoolExecutor(1) as requester:
+        result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--lock-tables")
+        answer = answers[0].result(timeout=30)
     assert result.exit_code == 0, result.output
-    answer = answers[0].result(timeout=30)
     assert answer.status_code == 200
     # Answered after the import, as if posted after it: the imported customer, joined by the phone.
     assert answer.get_json()["contact"]["emails"] == ["doc@hv.edu", "marty@hv.edu", "biff@hv.edu"]
+
+
+def waiting_on_a_lock(conn, seconds=10):
+    """Whether another session of this database comes to wait on a lock within seconds."""
+    deadline = time.monotonic() + seconds
+    with conn.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock')"
+            )
+            if cur.fetchone()[0]:
+                return True
+            time.sleep(0.01)
+    return False
 
 
 def test_with_the_tables_locked_an_import_meeting_a_long_report_stops_and_writes_nothing(
