@@ -96,25 +96,25 @@ histories = st.integers(1, 30).flatmap(
 def test_into_an_empty_table_the_import_writes_what_posting_in_order_writes(
     client, runner, conn, tmp_path, history
 ):
+    assert_import_writes_what_posting_writes(client, runner, conn, tmp_path, history)
+
+
+def assert_import_writes_what_posting_writes(client, runner, conn, tmp_path, history, *options):
+    """The history imported (with options) into an empty table writes the rows and events of posting it."""
     records = timed(*history)
     expected = posted_in_order(client, conn, records)
     empty(conn)
-    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), *options)
     assert result.exit_code == 0, result.output
     assert (table(conn), recorded_events(conn)) == expected
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=histories)
 def test_with_the_tables_locked_the_import_writes_what_posting_in_order_writes(
     client, runner, conn, tmp_path, history
 ):
-    records = timed(*history)
-    expected = posted_in_order(client, conn, records)
-    empty(conn)
-    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--lock-tables")
-    assert result.exit_code == 0, result.output
-    assert (table(conn), recorded_events(conn)) == expected
+    assert_import_writes_what_posting_writes(client, runner, conn, tmp_path, history, "--lock-tables")
 
 
 def indexes(conn):
@@ -177,27 +177,9 @@ def test_with_the_tables_locked_into_a_populated_table_an_older_record_becomes_t
 def test_with_the_tables_locked_an_import_killed_half_way_writes_nothing_and_completes_when_run_again(
     runner, conn, tmp_path, monkeypatch
 ):
-    records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 2)} for n in range(10)], range(10))
-    path = jsonl(tmp_path / "h.jsonl", records)
-    assert run_import(runner, path, "--lock-tables").exit_code == 0
-    whole = table(conn)
-    empty(conn)
     before = indexes(conn)
-    monkeypatch.setattr(importing, "CHUNK_SIZE", 4)
-    writes = []
-    real_store = importing.store
-
-    def killed_in_the_second(cur, chunk, *args):
-        writes.append(chunk)
-        if len(writes) == 2:
-            raise KeyboardInterrupt  # as a kill would, with the first chunk written, uncommitted
-        return real_store(cur, chunk, *args)
-
-    monkeypatch.setattr(importing, "store", killed_in_the_second)
-    run_import(runner, path, "--lock-tables")
-    assert len(writes) == 2
+    path, whole = import_killed_in_its_second_chunk(runner, conn, tmp_path, monkeypatch, "--lock-tables")
     assert table(conn) == [] and indexes(conn) == before
-    monkeypatch.setattr(importing, "store", real_store)
     assert run_import(runner, path, "--lock-tables").exit_code == 0
     assert by_rank(table(conn)) == by_rank(whole)
 
@@ -357,9 +339,20 @@ def test_importing_the_same_file_twice_writes_nothing_the_second_time(runner, co
 
 
 def test_an_import_killed_after_a_chunk_completes_when_run_again(runner, conn, tmp_path, monkeypatch):
+    path, whole = import_killed_in_its_second_chunk(runner, conn, tmp_path, monkeypatch)
+    assert len(table(conn)) == 4
+    assert run_import(runner, path).exit_code == 0
+    # The killed chunk took ids from the sequence, which no rollback gives back: the same rows, each
+    # linked to the same row, with later ids.
+    assert by_rank(table(conn)) == by_rank(whole)
+
+
+def import_killed_in_its_second_chunk(runner, conn, tmp_path, monkeypatch, *options):
+    """Ten records imported (with options), the table emptied, then imported again in chunks of 4 and
+    killed in the second chunk's transaction, before its commit; (the file's path, the whole table)."""
     records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 2)} for n in range(10)], range(10))
     path = jsonl(tmp_path / "h.jsonl", records)
-    assert run_import(runner, path).exit_code == 0
+    assert run_import(runner, path, *options).exit_code == 0
     whole = table(conn)
     empty(conn)
     monkeypatch.setattr(importing, "CHUNK_SIZE", 4)
@@ -375,13 +368,10 @@ def test_an_import_killed_after_a_chunk_completes_when_run_again(runner, conn, t
         return real_store(cur, chunk, *args)
 
     monkeypatch.setattr(importing, "store", killed_in_the_second)
-    run_import(runner, path)
-    assert len(table(conn)) == 4
+    run_import(runner, path, *options)
+    assert len(writes) == 2
     monkeypatch.setattr(importing, "store", real_store)
-    assert run_import(runner, path).exit_code == 0
-    # The killed chunk took ids from the sequence, which no rollback gives back: the same rows, each
-    # linked to the same row, with later ids.
-    assert by_rank(table(conn)) == by_rank(whole)
+    return path, whole
 
 
 def by_rank(rows):
