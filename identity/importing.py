@@ -33,6 +33,9 @@ CHUNK_SIZE = 10_000
 # locks, inside a default server's shared lock table (max_locks_per_transaction 64 x
 # max_connections 100 = 6,400 entries), with room for the requests served beside them.
 CAREFUL_CHUNK_SIZE = 2_000
+# Careful chunks in a row during which nobody else wrote, after which the import learns the table
+# afresh and replays ahead again (a report that held the table a moment need not slow all the rest).
+CALM_CHUNKS = 3
 # The first ANALYZE of a table careful chunks fill (Importer.analyze_now).
 ANALYZE_AFTER_ROWS = 10_000
 # How long a chunk replayed ahead may wait for the table, keeping the requests queued behind its
@@ -121,7 +124,9 @@ class Importer:
     creations: bool  # whether each new contact is recorded as an event (merges always are)
     model: Model = field(default_factory=Model)
     watch: Watch = field(default_factory=Watch)
-    careful: bool = False  # from the first sign of another writer on, every chunk goes the careful way
+    careful: bool = False  # from the first sign of another writer on, chunks go the careful way...
+    calm_chunks: int = 0  # ...until this many careful chunks in a row saw nobody else write
+    last_look: tuple | None = None  # (next transaction id, anyone running) after the last careful chunk
     written_rows: int = 0
     analyzed_rows: int = 0  # written when the import last ran ANALYZE
     totals: dict = field(default_factory=lambda: {"primaries": 0, "secondaries": 0, "merged": 0})
@@ -199,6 +204,8 @@ class Importer:
             in_flight = None  # (records, the write's future)
             start = 0
             while start < len(records):
+                if self.careful and self.calm_chunks >= CALM_CHUNKS:
+                    self.go_ahead_again(records[start:])
                 batch = records[start : start + self.chunk_size]
                 start += len(batch)
                 ahead = None if self.careful else self.replay_ahead(batch)
@@ -240,11 +247,29 @@ class Importer:
         self.conn.rollback()
         self.model, self.careful = Model(), True
 
+    def go_ahead_again(self, records):
+        """Learn the table afresh for the records left, and replay ahead again if nobody else was running
+        then; the gate checks every chunk as before, and the first sign of another writer ends it."""
+        self.model, self.calm_chunks, self.last_look = Model(), 0, None
+        self.learn(records)
+        self.careful = not self.watch.clean
+
     def apply(self, records):
-        """Records applied the careful way, a chunk at a time."""
+        """Records applied the careful way, a chunk at a time, each followed by a look at who else writes."""
         for start in range(0, len(records), self.chunk_size):
             chunk = retrying(self.conn, import_chunk, records[start : start + self.chunk_size], self)
             self.count(chunk, "careful")
+            self.calm_chunks = self.calm_chunks + 1 if self.calm_since_last_look() else 0
+
+    def calm_since_last_look(self):
+        """Whether nobody else wrote since the last look, before the chunk just written: no one was
+        running at either look, and no transaction id but the chunk's own was handed out."""
+        with self.conn.cursor() as cur:
+            cur.execute(QUERIES["import_look"])
+            look = cur.fetchone()
+        self.conn.rollback()
+        last, self.last_look = self.last_look, look
+        return last is not None and not last[1] and not look[1] and look[0] - last[0] <= 1
 
     def replay_all(self, records, progress):
         """A dry run: every chunk replayed on the model of the table learnt at the start."""

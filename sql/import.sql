@@ -97,6 +97,15 @@ SELECT pg_snapshot_xmax(s)::text::bigint,
        coalesce(pg_sequence_last_value(pg_get_serial_sequence('contact', 'id')), 0) + 1
 FROM pg_current_snapshot() s;
 
+-- import_look --
+-- Between two careful chunks, in no transaction of ours (it takes no id): the next transaction id,
+-- and whether any transaction holding one is running. When, across a careful chunk, the next id moved
+-- by at most the chunk's own and nobody was running at either look, nobody else wrote meanwhile, and
+-- the import may try replaying ahead again (identity.importing.Importer.calm_since_last_look); the
+-- gate still checks each chunk.
+SELECT pg_snapshot_xmax(s)::text::bigint, EXISTS (SELECT FROM pg_snapshot_xip(s))
+FROM pg_current_snapshot() s;
+
 -- import_customers_holding --
 -- Every live row of the customers holding any of the values (all of a file's, before the first
 -- chunk): (id, email, phone number, primary id, created_at). Joins on unnest, not `= ANY`: the

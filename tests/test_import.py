@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -428,6 +429,34 @@ def test_an_import_meeting_a_long_report_goes_in_the_careful_way_beside_it(
         report.close()
     assert result.exit_code == 0, result.output
     assert "chunks: 0 replayed ahead, 1 the careful way" in result.output
+    assert (table(conn), recorded_events(conn)) == expected
+
+
+def test_an_import_sent_the_careful_way_by_a_report_goes_ahead_again_once_nobody_else_writes(
+    client, runner, conn, database_url, tmp_path, monkeypatch
+):
+    records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 3)} for n in range(24)], range(24))
+    expected = posted_in_order(client, conn, records)
+    empty(conn)
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 2)
+    report = psycopg2.connect(database_url)
+    with report.cursor() as cur:
+        cur.execute("SELECT count(*) FROM contact")  # holds the table: the first chunk goes careful
+    real_count = importing.Importer.count
+
+    def the_report_ends(importer, chunk, way):
+        real_count(importer, chunk, way)
+        report.close()
+
+    monkeypatch.setattr(importing.Importer, "count", the_report_ends)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    assert result.exit_code == 0, result.output
+    ahead, careful = map(
+        int, re.search(r"chunks: (\d+) replayed ahead, (\d+) the careful way", result.output).groups()
+    )
+    # The first careful chunk gives the first look; then CALM_CHUNKS calm ones in a row (the second
+    # chunk, replayed while the first met the report, among them), and every chunk after goes ahead.
+    assert careful == 1 + importing.CALM_CHUNKS and ahead == 12 - careful
     assert (table(conn), recorded_events(conn)) == expected
 
 
