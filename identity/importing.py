@@ -34,7 +34,8 @@ CHUNK_SIZE = 10_000
 # max_connections 100 = 6,400 entries), with room for the requests served beside them.
 CAREFUL_CHUNK_SIZE = 2_000
 # Careful chunks in a row during which nobody else wrote, after which the import learns the table
-# afresh and replays ahead again (a report that held the table a moment need not slow all the rest).
+# afresh and replays ahead again (a report that held the table a moment need not slow all the rest);
+# twice as many after each return, so that sparse traffic cannot make it learn the table over and over.
 CALM_CHUNKS = 3
 # The first ANALYZE of a table careful chunks fill (Importer.analyze_now).
 ANALYZE_AFTER_ROWS = 10_000
@@ -125,7 +126,8 @@ class Importer:
     model: Model = field(default_factory=Model)
     watch: Watch = field(default_factory=Watch)
     careful: bool = False  # from the first sign of another writer on, chunks go the careful way...
-    calm_chunks: int = 0  # ...until this many careful chunks in a row saw nobody else write
+    calm_chunks: int = 0  # ...until enough careful chunks in a row saw nobody else write (calm_needed)
+    returns: int = 0  # times the import went back to replaying ahead
     last_look: tuple | None = None  # (next transaction id, anyone running) after the last careful chunk
     written_rows: int = 0
     analyzed_rows: int = 0  # written when the import last ran ANALYZE
@@ -204,7 +206,7 @@ class Importer:
             in_flight = None  # (records, the write's future)
             start = 0
             while start < len(records):
-                if self.careful and self.calm_chunks >= CALM_CHUNKS:
+                if self.careful and self.calm_chunks >= self.calm_needed:
                     self.go_ahead_again(records[start:])
                 batch = records[start : start + self.chunk_size]
                 start += len(batch)
@@ -247,10 +249,16 @@ class Importer:
         self.conn.rollback()
         self.model, self.careful = Model(), True
 
+    @property
+    def calm_needed(self):
+        """Calm careful chunks in a row before the import goes back to replaying ahead: 3, 6, 12..."""
+        return CALM_CHUNKS << self.returns
+
     def go_ahead_again(self, records):
         """Learn the table afresh for the records left, and replay ahead again if nobody else was running
         then; the gate checks every chunk as before, and the first sign of another writer ends it."""
         self.model, self.calm_chunks, self.last_look = Model(), 0, None
+        self.returns += 1
         self.learn(records)
         self.careful = not self.watch.clean
 

@@ -460,6 +460,38 @@ def test_an_import_sent_the_careful_way_by_a_report_goes_ahead_again_once_nobody
     assert (table(conn), recorded_events(conn)) == expected
 
 
+def test_an_import_that_went_ahead_again_and_met_a_writer_needs_twice_as_many_calm_chunks_to_return(
+    client, runner, conn, database_url, tmp_path, monkeypatch
+):
+    records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 3)} for n in range(40)], range(40))
+    monkeypatch.setattr(importing, "CHUNK_SIZE", 2)
+    report = psycopg2.connect(database_url)
+    with report.cursor() as cur:
+        cur.execute("SELECT count(*) FROM contact")  # holds the table: the first chunk goes careful
+    real_count = importing.Importer.count
+    live = {"email": "live@hv.edu", "phoneNumber": "999"}
+
+    def a_report_then_a_live_write(importer, chunk, way):
+        real_count(importer, chunk, way)
+        report.close()
+        if way == "ahead" and importer.ways["ahead"] == 1:
+            assert client.post("/identify", json=live).status_code == 200
+
+    monkeypatch.setattr(importing.Importer, "count", a_report_then_a_live_write)
+    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    assert result.exit_code == 0, result.output
+    # Careful: chunks 1-4 (a look, then 3 calm); ahead: chunk 5, after which the live write sends
+    # chunk 6 back the careful way: chunks 6-12 (a look, then 6 calm); ahead: chunks 13-20.
+    assert "chunks: 9 replayed ahead, 11 the careful way" in result.output
+    rows = live_contacts(conn)
+    assert_links_name_live_primaries(rows)
+    assert_no_identical_contacts(rows)
+    grouped = customers(rows)
+    assert_primaries_are_oldest(grouped)
+    sent = [(r["email"], r["phoneNumber"]) for r in records] + [(live["email"], live["phoneNumber"])]
+    assert_customers_are_components(grouped, components(sent))
+
+
 def test_rejects_exit_codes_dry_run_and_stdin(runner, conn, tmp_path):
     text = '{"email": "a@hv.edu"}\n\n{"email": "nope"}\n{"phoneNumber": "1", "createdAt": "2024-01-01"}\n'
     rejects = tmp_path / "r.csv"
