@@ -6,7 +6,9 @@ the file's values into a model of the table (identity.import_replay). While the 
 each chunk is replayed ahead on that model and written by a thread under the gate (ACCESS
 EXCLUSIVE, sql/import.sql says why), once transaction ids show nobody else wrote since the last
 look (Watch). From the first sign of another writer on, chunks go in the careful way: each one's
-customers locked and read as identify locks them, then replayed and written. Records already
+customers locked and read as identify locks them, then replayed and written; once enough careful
+chunks in a row saw nobody else write, the import learns the table afresh and replays ahead
+again (go_ahead_again). Records already
 known write nothing, so a second import, or one re-run after a kill, completes without doubling
 anything. With --lock-tables (the operator's choice: every request waits) the whole import is one
 transaction holding the tables, and into an empty table their indexes are built once at the end.
