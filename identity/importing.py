@@ -156,7 +156,7 @@ class Importer:
             cur.execute(QUERIES["import_snapshot"])
             next_xid, others, has_rows, next_id = cur.fetchone()
             if has_rows:
-                self.model.load(customers_holding(cur, value_params(records)))
+                self.model.load(customers_holding(cur, value_lines(records)))
         self.conn.rollback()
         self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
@@ -175,7 +175,7 @@ class Importer:
                 ) from None
             has_rows, next_id = cur.fetchone()
             if has_rows:
-                self.model.load(customers_holding(cur, value_params(records)))
+                self.model.load(customers_holding(cur, value_lines(records)))
             else:
                 cur.execute(QUERIES["import_set_aside"])
         self.model.next_id = max(self.model.next_id, next_id)
@@ -396,9 +396,16 @@ def release(records):
 
 
 def customers_holding(cur, values):
-    """Every live row of the customers holding any of the values (value_params), as the table has them now."""
+    """Every live row of the customers holding any of the values (value_lines), as the table has them now."""
     cur.execute(QUERIES["import_customers_holding"], values)
     return cur.fetchall()
+
+
+def value_lines(records):
+    """The records' distinct emails and phone numbers, each kind one text of a value a line, as
+    import_customers_holding takes them. No normal value holds a line break: an email has no white
+    space, a phone number only digits and a +."""
+    return {kind: "\n".join(values) for kind, values in value_params(records).items()}
 
 
 def value_params(records):
