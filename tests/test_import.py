@@ -405,6 +405,11 @@ def test_a_chunk_replayed_ahead_of_a_live_write_is_applied_again_from_the_table(
     monkeypatch.setattr(importing.Importer, "count", then_a_live_request)
     result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
     assert result.exit_code == 0, result.output
+    assert_customers_of_everything_sent(conn, records, live)
+
+
+def assert_customers_of_everything_sent(conn, records, live):
+    """The table's invariants hold, and its customers are those of the records and the live request."""
     rows = live_contacts(conn)
     assert_links_name_live_primaries(rows)
     assert_no_identical_contacts(rows)
@@ -483,13 +488,7 @@ def test_an_import_that_went_ahead_again_and_met_a_writer_needs_twice_as_many_ca
     # Careful: chunks 1-4 (a look, then 3 calm); ahead: chunk 5, after which the live write sends
     # chunk 6 back the careful way: chunks 6-12 (a look, then 6 calm); ahead: chunks 13-20.
     assert "chunks: 9 replayed ahead, 11 the careful way" in result.output
-    rows = live_contacts(conn)
-    assert_links_name_live_primaries(rows)
-    assert_no_identical_contacts(rows)
-    grouped = customers(rows)
-    assert_primaries_are_oldest(grouped)
-    sent = [(r["email"], r["phoneNumber"]) for r in records] + [(live["email"], live["phoneNumber"])]
-    assert_customers_are_components(grouped, components(sent))
+    assert_customers_of_everything_sent(conn, records, live)
 
 
 def test_rejects_exit_codes_dry_run_and_stdin(runner, conn, tmp_path):
