@@ -1,5 +1,7 @@
 """Helpers the tests share: reading the contact table and calling the API."""
 
+import time
+
 import psycopg2
 
 # The task's requests in its order: customers 1 (contacts 1, 2) and 3 (contacts 3, 4).
@@ -10,6 +12,7 @@ TASK = [
     ("biffsucks@hillvalley.edu", "717171"),
     ("george@hillvalley.edu", "717171"),
 ]
+POLL_SECONDS = 0.05
 COLUMNS = "id, email, phone_number, linked_id, link_precedence, created_at, updated_at, deleted_at"
 
 
@@ -57,3 +60,21 @@ def applied_versions(url):
             return [version for (version,) in cur.fetchall()]
     finally:
         conn.close()
+
+
+def poll(condition, seconds, what):
+    """Wait until condition() holds, at most seconds; fail naming what did not happen."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {seconds} s"
+        time.sleep(POLL_SECONDS)
+
+
+def waiting_on_a_lock(conn):
+    """Whether one of the service's connections to this database waits for a lock."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'identity' AND wait_event_type = 'Lock'"
+        )
+        return cur.fetchone()[0] == 1

@@ -8,12 +8,11 @@ import random
 import re
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
-from helpers import recorded_events
+from helpers import poll, recorded_events, waiting_on_a_lock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_concurrency import (
@@ -199,7 +198,7 @@ def test_with_the_tables_locked_a_request_waits_for_the_import_and_then_sees_it(
         if not answers:
             body = {"email": "biff@hv.edu", "phoneNumber": "1"}
             answers.append(requester.submit(app.test_client().post, "/identify", json=body))
-            assert waiting_on_a_lock(conn), "the request did not wait for the import"
+            poll(lambda: waiting_on_a_lock(conn), 10, "the request waiting for the import")
 
     monkeypatch.setattr(importing.Importer, "count", post_in_the_middle)
     with concurrent.futures.ThreadPoolExecutor(1) as requester:
@@ -209,21 +208,6 @@ def test_with_the_tables_locked_a_request_waits_for_the_import_and_then_sees_it(
     assert answer.status_code == 200
     # Answered after the import, as if posted after it: the imported customer, joined by the phone.
     assert answer.get_json()["contact"]["emails"] == ["doc@hv.edu", "marty@hv.edu", "biff@hv.edu"]
-
-
-def waiting_on_a_lock(conn, seconds=10):
-    """Whether another session of this database comes to wait on a lock within seconds."""
-    deadline = time.monotonic() + seconds
-    with conn.cursor() as cur:
-        while time.monotonic() < deadline:
-            cur.execute(
-                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock')"
-            )
-            if cur.fetchone()[0]:
-                return True
-            time.sleep(0.01)
-    return False
 
 
 def test_with_the_tables_locked_an_import_meeting_a_long_report_stops_and_writes_nothing(

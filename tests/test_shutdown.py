@@ -14,12 +14,12 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from helpers import poll, waiting_on_a_lock
 from servers import REPO_ROOT, free_port, listening, post_json, send, start_gunicorn, stop
 
 WORKERS = 4
 # How long the request stays in flight after SIGTERM; well under the app's 5 s statement timeout.
 HOLD_SECONDS = 1.5
-POLL_SECONDS = 0.05
 DOC = "emmett@hillvalley.edu"
 MERGED = {
     "primaryContatctId": 1,
@@ -39,24 +39,6 @@ def gunicorn_setting(name):
     ]
     assert len(values) == 1, f"gunicorn.conf.py should set {name} once"
     return values[0]
-
-
-def poll(condition, seconds, what):
-    """Wait until condition() holds, at most seconds; fail naming what did not happen."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {seconds} s"
-        time.sleep(POLL_SECONDS)
-
-
-def waiting_on_a_lock(conn):
-    """Whether one of the service's connections to this database waits for a lock."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = 'identity' AND wait_event_type = 'Lock'"
-        )
-        return cur.fetchone()[0] == 1
 
 
 def workers(master):
