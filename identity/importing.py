@@ -148,22 +148,18 @@ class Importer:
         return self.started_at, f"import {self.started_at:%Y-%m-%dT%H:%M:%SZ} line ", self.creations
 
     def learn(self, records):
-        """Load the model, in one snapshot, with the customers holding any of the records' values.
-
-        A table with no live row holds none of them: the model, empty, already knows it all.
-        """
+        """A fresh model, in one snapshot, of the customers holding any of the records' values (model_of),
+        and the transaction ids the gate will compare with (Watch)."""
         with self.conn.cursor() as cur:
             cur.execute(QUERIES["import_snapshot"])
             next_xid, others, has_rows, next_id = cur.fetchone()
-            if has_rows:
-                self.model.load(customers_holding(cur, value_lines(records)))
+            self.model = model_of(cur, records, has_rows, next_id)
         self.conn.rollback()
-        self.model.next_id = max(self.model.next_id, next_id)
         self.watch = Watch(next_xid, not others)
 
     def hold_tables(self, records):
-        """Take both tables for the import's one transaction, then load the model with what they hold;
-        into a table with no live row, the indexes that enforce nothing are set aside (sql/import.sql)."""
+        """Take both tables for the import's one transaction, then model what they hold (model_of); into
+        a table with no live row, the indexes that enforce nothing are set aside (sql/import.sql)."""
         with self.conn.cursor() as cur:
             try:
                 cur.execute(QUERIES["import_hold"], {"lock_timeout_ms": LOCK_TIMEOUT_MS})
@@ -174,11 +170,9 @@ class Importer:
                     " (a long report?); run again, or import without --lock-tables"
                 ) from None
             has_rows, next_id = cur.fetchone()
-            if has_rows:
-                self.model.load(customers_holding(cur, value_lines(records)))
-            else:
+            self.model = model_of(cur, records, has_rows, next_id)
+            if not has_rows:
                 cur.execute(QUERIES["import_set_aside"])
-        self.model.next_id = max(self.model.next_id, next_id)
 
     def apply_held(self, records, progress):
         """Every chunk replayed ahead and written in the held transaction, the writer a chunk behind;
@@ -259,7 +253,7 @@ class Importer:
     def go_ahead_again(self, records):
         """Learn the table afresh for the records left, and replay ahead again if nobody else was running
         then; the gate checks every chunk as before, and the first sign of another writer ends it."""
-        self.model, self.calm_chunks, self.last_look = Model(), 0, None
+        self.calm_chunks, self.last_look = 0, None
         self.returns += 1
         self.learn(records)
         self.careful = not self.watch.clean
@@ -395,10 +389,16 @@ def release(records):
         del records[-CHUNK_SIZE:]
 
 
-def customers_holding(cur, values):
-    """Every live row of the customers holding any of the values (value_lines), as the table has them now."""
-    cur.execute(QUERIES["import_customers_holding"], values)
-    return cur.fetchall()
+def model_of(cur, records, has_rows, next_id):
+    """A model of the table with the customers holding any of the records' values, as it has them now;
+    a table with no live row holds none of them, so the empty model already knows it all. New ids start
+    at next_id, the sequence's next, or past every row loaded."""
+    model = Model()
+    if has_rows:
+        cur.execute(QUERIES["import_customers_holding"], value_lines(records))
+        model.load(cur.fetchall())
+    model.next_id = max(model.next_id, next_id)
+    return model
 
 
 def value_lines(records):
