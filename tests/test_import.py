@@ -1,6 +1,7 @@
 """flask import-contacts: the table it writes equals posting the records to /identify one by one."""
 
 import concurrent.futures
+import contextlib
 import gzip
 import json
 import os
@@ -210,17 +211,25 @@ def test_with_the_tables_locked_a_request_waits_for_the_import_and_then_sees_it(
     assert answer.get_json()["contact"]["emails"] == ["doc@hv.edu", "marty@hv.edu", "biff@hv.edu"]
 
 
+@contextlib.contextmanager
+def a_report_holding_the_table(database_url):
+    """A session that has read the contact table and so holds ACCESS SHARE on it until it ends: when the
+    block is left, unless the test ended it first."""
+    report = psycopg2.connect(database_url)
+    try:
+        with report.cursor() as cur:
+            cur.execute("SELECT count(*) FROM contact")
+        yield report
+    finally:
+        report.close()
+
+
 def test_with_the_tables_locked_an_import_meeting_a_long_report_stops_and_writes_nothing(
     runner, conn, database_url, tmp_path
 ):
     path = jsonl(tmp_path / "h.jsonl", timed([{"email": "doc@hv.edu", "phoneNumber": "1"}], [0]))
-    report = psycopg2.connect(database_url)
-    try:
-        with report.cursor() as cur:
-            cur.execute("SELECT count(*) FROM contact")  # holds ACCESS SHARE until it ends
+    with a_report_holding_the_table(database_url):
         result = run_import(runner, path, "--lock-tables")
-    finally:
-        report.close()
     assert result.exit_code == 1
     assert "could not take the tables within 200 ms" in result.output
     assert table(conn) == []
@@ -246,14 +255,9 @@ def test_with_merges_alone_recorded_the_rows_are_the_same_and_only_the_merges_ar
     )
     rows, events = posted_in_order(client, conn, records)
     empty(conn)
-    report = psycopg2.connect(database_url)
-    try:
-        if beside_a_report:
-            with report.cursor() as cur:
-                cur.execute("SELECT count(*) FROM contact")  # holds the table: the careful way
+    # A report holding the table sends the import the careful way.
+    with a_report_holding_the_table(database_url) if beside_a_report else contextlib.nullcontext():
         result = run_import(runner, jsonl(tmp_path / "h.jsonl", records), "--events", "merges")
-    finally:
-        report.close()
     assert result.exit_code == 0, result.output
     assert not beside_a_report or "1 the careful way" in result.output
     merges = [event for event in events if event[0] == "merged"]
@@ -409,13 +413,8 @@ def test_an_import_meeting_a_long_report_goes_in_the_careful_way_beside_it(
     records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 2)} for n in range(6)], range(6))
     expected = posted_in_order(client, conn, records)
     empty(conn)
-    report = psycopg2.connect(database_url)
-    try:
-        with report.cursor() as cur:
-            cur.execute("SELECT count(*) FROM contact")  # holds ACCESS SHARE until it ends
+    with a_report_holding_the_table(database_url):
         result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
-    finally:
-        report.close()
     assert result.exit_code == 0, result.output
     assert "chunks: 0 replayed ahead, 1 the careful way" in result.output
     assert (table(conn), recorded_events(conn)) == expected
@@ -428,9 +427,6 @@ def test_an_import_sent_the_careful_way_by_a_report_goes_ahead_again_once_nobody
     expected = posted_in_order(client, conn, records)
     empty(conn)
     monkeypatch.setattr(importing, "CHUNK_SIZE", 2)
-    report = psycopg2.connect(database_url)
-    with report.cursor() as cur:
-        cur.execute("SELECT count(*) FROM contact")  # holds the table: the first chunk goes careful
     real_count = importing.Importer.count
 
     def the_report_ends(importer, chunk, way):
@@ -438,7 +434,8 @@ def test_an_import_sent_the_careful_way_by_a_report_goes_ahead_again_once_nobody
         report.close()
 
     monkeypatch.setattr(importing.Importer, "count", the_report_ends)
-    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    with a_report_holding_the_table(database_url) as report:  # the first chunk goes careful
+        result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
     assert result.exit_code == 0, result.output
     ahead, careful = map(
         int, re.search(r"chunks: (\d+) replayed ahead, (\d+) the careful way", result.output).groups()
@@ -454,9 +451,6 @@ def test_an_import_that_went_ahead_again_and_met_a_writer_needs_twice_as_many_ca
 ):
     records = timed([{"email": f"{n}@hv.edu", "phoneNumber": str(n // 3)} for n in range(40)], range(40))
     monkeypatch.setattr(importing, "CHUNK_SIZE", 2)
-    report = psycopg2.connect(database_url)
-    with report.cursor() as cur:
-        cur.execute("SELECT count(*) FROM contact")  # holds the table: the first chunk goes careful
     real_count = importing.Importer.count
     live = {"email": "live@hv.edu", "phoneNumber": "999"}
 
@@ -467,7 +461,8 @@ def test_an_import_that_went_ahead_again_and_met_a_writer_needs_twice_as_many_ca
             assert client.post("/identify", json=live).status_code == 200
 
     monkeypatch.setattr(importing.Importer, "count", a_report_then_a_live_write)
-    result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
+    with a_report_holding_the_table(database_url) as report:  # the first chunk goes careful
+        result = run_import(runner, jsonl(tmp_path / "h.jsonl", records))
     assert result.exit_code == 0, result.output
     # Careful: chunks 1-4 (a look, then 3 calm); ahead: chunk 5, after which the live write sends
     # chunk 6 back the careful way: chunks 6-12 (a look, then 6 calm); ahead: chunks 13-20.
