@@ -374,11 +374,12 @@ def write_held(conn, chunk, importer):
 
 def finish_held(conn, last_id):
     """The writer thread, --lock-tables: the indexes set aside built again, the sequence moved past
-    last_id (None: no new row), and the import's one commit."""
+    last_id (None: no new row), the planner told what the table now holds, and the one commit."""
     with conn.cursor() as cur:
         if last_id is not None:
             cur.execute(QUERIES["import_last_id"], {"last_id": last_id})
         cur.execute(QUERIES["import_rebuild"])
+        cur.execute(QUERIES["import_analyze"])
     conn.commit()
 
 

@@ -62,8 +62,7 @@ END
 $$;
 
 -- import_rebuild --
--- The end of a `--lock-tables` import: the indexes import_set_aside dropped (if any) built again,
--- and the planner told what the tables now hold.
+-- The end of a `--lock-tables` import: the indexes import_set_aside dropped (if any) built again.
 DO $$
 DECLARE
     definition text;
@@ -73,7 +72,6 @@ BEGIN
     END LOOP;
 END
 $$;
-ANALYZE contact;
 
 -- import_customers --
 -- A careful chunk's identifiers and customers locked as identify locks them; the customers' live
